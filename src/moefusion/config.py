@@ -1,0 +1,90 @@
+"""Run configurations: YAML files shipped in ``moefusion/configs`` plus dotted overrides.
+
+A run config is plain data (timm style): ``model`` (a :class:`MoEFusionConfig` dict),
+``data``, ``optim``, ``trainer``. ``load_run_config("cpu", ["optim.lr=2e-4"])`` returns the
+resolved dict that is saved beside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from moefusion.errors import ConfigError
+
+CONFIG_PACKAGE = "moefusion.configs"
+
+
+def available_configs() -> list[str]:
+    """Names of the configs shipped with the package (``paper``, ``cpu``, ...)."""
+    files = resources.files(CONFIG_PACKAGE)
+    return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: a config must be a YAML mapping")
+    return data
+
+
+def load_config_file(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a shipped config by name, or any YAML file by path."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return _read_yaml(path.read_text(), str(path))
+    name = str(name_or_path)
+    resource = resources.files(CONFIG_PACKAGE) / f"{name}.yaml"
+    if not resource.is_file():
+        raise ConfigError(
+            f"unknown config {name!r}; shipped configs: {', '.join(available_configs())} "
+            "(or give a path to a .yaml file)"
+        )
+    return _read_yaml(resource.read_text(), f"config {name!r}")
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``config`` with ``a.b.c=value`` overrides applied.
+
+    Values are parsed as YAML (``3`` -> int, ``[1, 2]`` -> list, ``null`` -> None). A key
+    must already exist, so that typos fail loudly instead of being ignored.
+    """
+    result = copy.deepcopy(dict(config))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.subkey=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = result
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"override {item!r}: no key {'.'.join(parts[: depth + 1])!r}")
+            node = node[part]
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise ConfigError(f"override {item!r}: no key {key!r} in the config")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML") from exc
+    return result
+
+
+def load_run_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Load a config (name or path) and apply overrides."""
+    return apply_overrides(load_config_file(name_or_path), overrides)
+
+
+def save_config(config: Mapping[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))

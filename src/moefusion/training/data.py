@@ -1,0 +1,103 @@
+"""Training data from a run config: datasets, split, augmentation and loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import ConcatDataset, DataLoader
+
+from moefusion.data import (
+    Compose,
+    PairedFusionDataset,
+    RandomCrop,
+    RandomHorizontalFlip,
+    Resize,
+    collate_pairs,
+    load_split,
+)
+from moefusion.errors import ConfigError
+from moefusion.training.sampling import EpochSampler, EpochSeededDataset
+
+SPLIT_PACKAGE = "moefusion.configs.splits"
+
+
+def resolve_split(name_or_path: str | None) -> dict[str, Any] | None:
+    """A split by shipped name (``configs/splits/NAME.json``) or by path; None means no split."""
+    if not name_or_path:
+        return None
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"split file not found: {path}")
+        return load_split(path)
+    resource = resources.files(SPLIT_PACKAGE) / f"{name_or_path}.json"
+    if not resource.is_file():
+        raise ConfigError(f"unknown split {name_or_path!r} (give a shipped name or a .json path)")
+    with resources.as_file(resource) as p:
+        return load_split(p)
+
+
+def build_transform(data_cfg: Mapping[str, Any]) -> Compose:
+    steps: list[Any] = []
+    if data_cfg.get("resize"):
+        steps.append(Resize(tuple(data_cfg["resize"])))
+    if data_cfg.get("max_side"):
+        steps.append(Resize(max_side=int(data_cfg["max_side"])))
+    if data_cfg.get("crop"):
+        steps.append(RandomCrop(data_cfg["crop"], pad_if_needed=True))
+    if data_cfg.get("hflip", 0):
+        steps.append(RandomHorizontalFlip(p=float(data_cfg["hflip"])))
+    return Compose(steps)
+
+
+def build_train_dataset(data_cfg: Mapping[str, Any]) -> ConcatDataset:
+    """All training datasets of ``data_cfg`` (minus each one's test split) in one dataset."""
+    entries = data_cfg.get("datasets") or []
+    if not entries:
+        raise ConfigError("data.datasets is empty: list at least one folder with ir/ and vi/")
+    split = resolve_split(data_cfg.get("split"))
+    part = data_cfg.get("split_part", "train")
+    transform = build_transform(data_cfg)
+    parts = []
+    for entry in entries:
+        entry = {"root": entry} if isinstance(entry, str) else dict(entry)
+        root = Path(entry.pop("root"))
+        if not root.is_dir():
+            raise ConfigError(f"dataset folder not found: {root} (needs ir/ and vi/ inside)")
+        name = entry.pop("name", root.name)
+        stems = None
+        if split is not None:
+            if name not in split["datasets"]:
+                raise ConfigError(f"split has no entry for dataset {name!r}")
+            stems = split["datasets"][name][part]
+        parts.append(
+            PairedFusionDataset(
+                root,
+                classes=tuple(data_cfg.get("classes", ("person", "car", "bicycle"))),
+                class_map=data_cfg.get("class_map") or None,
+                stems=stems,
+                transform=transform,
+                skip_bad=bool(data_cfg.get("skip_bad", False)),
+                name=name,
+                **entry,
+            )
+        )
+    return ConcatDataset(parts)
+
+
+def build_train_loader(data_cfg: Mapping[str, Any], seed: int) -> DataLoader:
+    dataset = EpochSeededDataset(build_train_dataset(data_cfg), seed)
+    sampler = EpochSampler(len(dataset), seed=seed, repeat=int(data_cfg.get("repeat", 1)))
+    workers = int(data_cfg.get("num_workers", 0))
+    return DataLoader(
+        dataset,
+        batch_size=int(data_cfg.get("batch_size", 4)),
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_pairs,
+        drop_last=False,
+        persistent_workers=False,
+    )
