@@ -1,0 +1,167 @@
+"""Matching infrared and visible image files into pairs by file stem."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from moefusion.data.io import IMAGE_EXTENSIONS, is_image_file
+from moefusion.errors import ImageReadError, PairError
+
+__all__ = [
+    "Pair",
+    "dataset_pairs",
+    "find_pairs",
+    "format_names",
+    "match_pairs",
+    "unpaired_message",
+]
+
+_MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An infrared/visible pair. ``stem`` is the file stem (or, for recursive search,
+    the relative posix path without extension) shared by both files."""
+
+    stem: str
+    ir: Path
+    vi: Path
+
+
+def format_names(names: Iterable[str], limit: int = _MAX_LISTED) -> str:
+    """``"a, b, c (+N more)"``: a short list of offending names for error messages."""
+    items = list(names)
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} (+{len(items) - limit} more)"
+
+
+def _key(path: Path, folder: Path, recursive: bool) -> str:
+    if recursive:
+        return path.relative_to(folder).with_suffix("").as_posix()
+    return path.stem
+
+
+def _collect(folder: Path, recursive: bool, role: str) -> dict[str, Path]:
+    """Image files of ``folder`` keyed by stem; hidden files (``.*``) are ignored."""
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(
+        p
+        for p in candidates
+        if p.is_file()
+        and is_image_file(p)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    found: dict[str, Path] = {}
+    clashes: dict[str, list[str]] = {}
+    for p in files:
+        key = _key(p, folder, recursive)
+        if key in found:
+            clashes.setdefault(key, [found[key].name]).append(p.name)
+        else:
+            found[key] = p
+    if clashes:
+        detail = format_names(f"{k} ({' / '.join(v)})" for k, v in sorted(clashes.items()))
+        raise PairError(
+            f"{len(clashes)} stem(s) occur more than once in {role} folder {folder}: {detail}"
+        )
+    if not found:
+        raise PairError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {role} folder {folder}")
+    return found
+
+
+def match_pairs(
+    ir_dir: Path, vi_dir: Path, *, recursive: bool = False
+) -> tuple[list[Pair], list[Path], list[Path]]:
+    """Match two image folders: (pairs sorted by stem, IR files without VI, VI without IR).
+
+    Raises:
+        PairError: a folder has no images or the same stem twice.
+    """
+    ir_files = _collect(ir_dir, recursive, "infrared")
+    vi_files = _collect(vi_dir, recursive, "visible")
+    common = sorted(ir_files.keys() & vi_files.keys())
+    pairs = [Pair(stem=k, ir=ir_files[k], vi=vi_files[k]) for k in common]
+    ir_only = [ir_files[k] for k in sorted(set(ir_files) - set(vi_files))]
+    vi_only = [vi_files[k] for k in sorted(set(vi_files) - set(ir_files))]
+    return pairs, ir_only, vi_only
+
+
+def unpaired_message(ir_dir: Path, vi_dir: Path, ir_only: list[Path], vi_only: list[Path]) -> str:
+    """Human-readable description of unpaired files (counts and the first names)."""
+    parts = []
+    if ir_only:
+        names = (p.relative_to(ir_dir).as_posix() for p in ir_only)
+        parts.append(
+            f"{len(ir_only)} infrared image(s) in {ir_dir} without a visible partner "
+            f"in {vi_dir}: {format_names(names)}"
+        )
+    if vi_only:
+        names = (p.relative_to(vi_dir).as_posix() for p in vi_only)
+        parts.append(
+            f"{len(vi_only)} visible image(s) in {vi_dir} without an infrared partner "
+            f"in {ir_dir}: {format_names(names)}"
+        )
+    return "; ".join(parts)
+
+
+def find_pairs(
+    ir: str | Path,
+    vi: str | Path,
+    *,
+    recursive: bool = False,
+    allow_unpaired: bool = False,
+) -> list[Pair]:
+    """Pair infrared and visible images, sorted by stem.
+
+    ``ir`` and ``vi`` are either two files (one pair, stem taken from the IR file) or two
+    folders whose image files are matched by stem (with ``recursive``, by relative path
+    without extension). Non-image and hidden files are ignored.
+
+    Raises:
+        PairError: a path is missing, one is a file and the other a folder, a folder has
+            no images or the same stem twice (``a.png`` and ``a.jpg``), or images lack a
+            partner (unless ``allow_unpaired``, which warns with the count instead).
+        ImageReadError: two files were given and one is not an image file.
+    """
+    ir_p, vi_p = Path(ir), Path(vi)
+    for role, p in (("infrared", ir_p), ("visible", vi_p)):
+        if not p.exists():
+            raise PairError(f"{role} path does not exist: {p}")
+    if ir_p.is_file() and vi_p.is_file():
+        for p in (ir_p, vi_p):
+            if not is_image_file(p):
+                raise ImageReadError(f"not an image file (unknown extension): {p}")
+        return [Pair(stem=ir_p.stem, ir=ir_p, vi=vi_p)]
+    if not (ir_p.is_dir() and vi_p.is_dir()):
+        kind = {True: "folder", False: "file"}
+        raise PairError(
+            f"infrared and visible paths must both be files or both be folders: "
+            f"{ir_p} is a {kind[ir_p.is_dir()]}, {vi_p} is a {kind[vi_p.is_dir()]}"
+        )
+
+    pairs, ir_only, vi_only = match_pairs(ir_p, vi_p, recursive=recursive)
+    if ir_only or vi_only:
+        message = unpaired_message(ir_p, vi_p, ir_only, vi_only)
+        if not allow_unpaired or not pairs:
+            raise PairError(message)
+        warnings.warn(
+            f"{len(ir_only) + len(vi_only)} unpaired image(s) ignored: {message}", stacklevel=2
+        )
+    return pairs
+
+
+def dataset_pairs(
+    root: str | Path, *, recursive: bool = False, allow_unpaired: bool = False
+) -> list[Pair]:
+    """Pairs of ``root/ir`` and ``root/vi`` (see :func:`find_pairs`)."""
+    root_p = Path(root)
+    for sub in ("ir", "vi"):
+        if not (root_p / sub).is_dir():
+            raise PairError(f"dataset folder {root_p} has no '{sub}' subfolder")
+    return find_pairs(
+        root_p / "ir", root_p / "vi", recursive=recursive, allow_unpaired=allow_unpaired
+    )

@@ -1,0 +1,133 @@
+"""Deterministic, stratified train/test splits of pair stems, and their JSON files.
+
+Split file format::
+
+    {"seed": 0, "test_fraction": 0.25,
+     "datasets": {"msrs": {"train": ["00556D", ...], "test": [...]}, ...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from moefusion.errors import ConfigError, MoEFusionError
+
+__all__ = ["load_split", "msrs_day_night", "save_split", "split_stems"]
+
+# Guards ceil() against float noise such as 0.3 * 10 == 3.0000000000000004.
+_EPS = 1e-9
+
+
+def _rank(seed: int, stem: str) -> str:
+    # A hash of (seed, stem) orders the stems independently of the input order and of
+    # Python's per-process hash randomisation.
+    return hashlib.sha256(f"{seed}\x00{stem}".encode()).hexdigest()
+
+
+def msrs_day_night(stem: str) -> str:
+    """MSRS group of a stem: ``"D"`` (day) or ``"N"`` (night), its last character."""
+    last = Path(stem).name[-1:].upper()
+    if last not in ("D", "N"):
+        raise MoEFusionError(f"MSRS stem {stem!r} does not end in D (day) or N (night)")
+    return last
+
+
+def split_stems(
+    stems: Iterable[str],
+    test_fraction: float,
+    *,
+    seed: int,
+    group_fn: Callable[[str], str] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Split stems into sorted ``(train, test)`` lists, stratified by ``group_fn``.
+
+    Each group with ``n >= 2`` stems puts exactly ``ceil(test_fraction * n)`` of them in
+    test; a single-stem group goes to test when a seeded hash of it falls below
+    ``test_fraction``. The result depends only on the set of stems, the seed and the
+    fraction, never on the input order.
+    """
+    items = [str(s) for s in stems]
+    if len(set(items)) != len(items):
+        dupes = sorted({s for s in items if items.count(s) > 1})
+        raise MoEFusionError(f"duplicate stems in split input: {', '.join(dupes[:10])}")
+    if not 0.0 <= float(test_fraction) <= 1.0:
+        raise MoEFusionError(f"test_fraction must be in [0, 1], got {test_fraction}")
+    groups: dict[str, list[str]] = {}
+    for s in items:
+        groups.setdefault(group_fn(s) if group_fn else "", []).append(s)
+
+    train: list[str] = []
+    test: list[str] = []
+    for members in groups.values():
+        ordered = sorted(members, key=lambda s: (_rank(seed, s), s))
+        n = len(ordered)
+        if n == 1:
+            u = int(_rank(seed, ordered[0])[:13], 16) / float(16**13)
+            n_test = int(u < test_fraction)
+        else:
+            n_test = math.ceil(test_fraction * n - _EPS)
+        test.extend(ordered[:n_test])
+        train.extend(ordered[n_test:])
+    return sorted(train), sorted(test)
+
+
+def _validate(split: Any, source: str) -> dict[str, Any]:
+    if not isinstance(split, dict):
+        raise ConfigError(f"{source}: a split must be a JSON object")
+    missing = [k for k in ("seed", "test_fraction", "datasets") if k not in split]
+    if missing:
+        raise ConfigError(f"{source}: split is missing {', '.join(missing)}")
+    if not isinstance(split["datasets"], dict):
+        raise ConfigError(f"{source}: 'datasets' must map dataset names to train/test lists")
+    for name, parts in split["datasets"].items():
+        if not isinstance(parts, dict) or set(parts) != {"train", "test"}:
+            raise ConfigError(f"{source}: dataset {name!r} needs exactly 'train' and 'test' lists")
+        for part in ("train", "test"):
+            if not isinstance(parts[part], list) or not all(
+                isinstance(s, str) for s in parts[part]
+            ):
+                raise ConfigError(f"{source}: {name}.{part} must be a list of stems")
+        both = sorted(set(parts["train"]) & set(parts["test"]))
+        if both:
+            raise ConfigError(
+                f"{source}: dataset {name!r} has stems in both train and test: {', '.join(both[:10])}"
+            )
+    return split
+
+
+def save_split(path: str | Path, split: dict[str, Any]) -> Path:
+    """Write a split dict as JSON (stem lists sorted); parent folders are created."""
+    p = Path(path)
+    _validate(split, str(p))
+    out = {
+        "seed": int(split["seed"]),
+        "test_fraction": float(split["test_fraction"]),
+        "datasets": {
+            name: {"train": sorted(parts["train"]), "test": sorted(parts["test"])}
+            for name, parts in sorted(split["datasets"].items())
+        },
+    }
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return p
+
+
+def load_split(path: str | Path) -> dict[str, Any]:
+    """Read and validate a split JSON file.
+
+    Raises:
+        ConfigError: missing file, invalid JSON or wrong structure (names the file).
+    """
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"split file not found: {p}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read split file {p}: {exc}") from exc
+    return _validate(data, str(p))
