@@ -1,0 +1,99 @@
+"""Seconds per 640x480 image for each metric and convention, as a Markdown table.
+
+Usage: ``python benchmarks/bench_metrics.py [--repeat 15]``
+
+Uses the MSRS triple 00008N (DenseFuse output) from shared/reference/metrics when present,
+else a synthetic 640x480 triple. Each metric is timed alone on a fresh input (so it
+pays for any shared histogram it needs); "all" is one ``compute()`` call. Values are
+medians of ``--repeat`` wall-clock runs; the last row is the CPU time of one
+``compute()`` (process time, all threads), which other load on the machine inflates less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from moefusion.metrics import CONVENTIONS, METRICS, compute
+from moefusion.metrics._inputs import make_triple
+from moefusion.metrics.conventions import get_convention
+
+REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "metrics" / "gray"
+
+
+def load_triple() -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(ir, vi, fused) as (480, 640) uint8, and a description of where they came from."""
+    files = [
+        REFERENCE / n for n in ("00008N_ir.png", "00008N_vi.png", "fused_densefuse/00008N.png")
+    ]
+    if all(f.is_file() for f in files):
+        ir, vi, f = (np.asarray(Image.open(p)) for p in files)
+        return ir, vi, f, "MSRS 00008N, DenseFuse output (shared/reference/metrics)"
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:480, 0:640]
+    ir = np.clip(128 + 60 * np.sin(xx / 40.0) + rng.normal(0, 10, xx.shape), 0, 255).astype(
+        np.uint8
+    )
+    vi = np.clip(100 + 80 * np.cos(yy / 25.0) + rng.normal(0, 15, xx.shape), 0, 255).astype(
+        np.uint8
+    )
+    f = ((ir.astype(np.uint16) + vi + 1) // 2).astype(np.uint8)
+    return ir, vi, f, "synthetic 640x480 triple (reference images not found)"
+
+
+def median_seconds(
+    fn: Callable[[], object], repeat: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    fn()  # warm-up: imports, allocator, caches
+    times = []
+    for _ in range(repeat):
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=15, help="timed runs per cell (median)")
+    args = parser.parse_args()
+    ir, vi, f, source = load_triple()
+    table: dict[str, dict[str, float]] = {}
+    for conv in CONVENTIONS:
+        c = get_convention(conv)
+        cells = {}
+        for m in c.metrics:
+            fn = c.functions[m]
+            cells[m] = median_seconds(lambda fn=fn: fn(make_triple(ir, vi, f)), args.repeat)
+        cells["all"] = median_seconds(lambda conv=conv: compute(ir, vi, f, conv), args.repeat)
+        # CPU time of this process (all threads): less sensitive to other load on the box.
+        cells["all, CPU"] = median_seconds(
+            lambda conv=conv: compute(ir, vi, f, conv), args.repeat, time.process_time
+        )
+        table[conv] = cells
+    print(f"Input: {source}, {f.shape[1]}x{f.shape[0]}")
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}, numpy {np.__version__}"
+    )
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    print(f"Median of {args.repeat} runs, wall-clock seconds per image{load}.\n")
+    print("| metric | " + " | ".join(CONVENTIONS) + " |")
+    print("|---|" + "---:|" * len(CONVENTIONS))
+    names = {"all": "**all** (one `compute()`)", "all, CPU": "all, CPU seconds"}
+    for m in (*METRICS, *names):
+        row = [f"{table[c][m]:.4f}" if m in table[c] else "—" for c in CONVENTIONS]
+        name = names.get(m, m)
+        print(f"| {name} | " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""``moefusion evaluate``: fusion metrics for one or more folders of fused images."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from moefusion.errors import MoEFusionError
+from moefusion.evaluation import (
+    check_output_outside,
+    evaluate_folders,
+    markdown_table,
+    parse_resize,
+    summarise,
+    write_tables,
+)
+from moefusion.metrics import CONVENTIONS
+
+
+def _parse_fused(specs: list[str]) -> dict[str, Path]:
+    """``NAME=DIR`` (or just ``DIR``, named after the folder) -> {name: folder}."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep:
+            name, folder = Path(spec).name, spec
+        name = name.strip()
+        if not name or not folder:
+            raise MoEFusionError(f"--fused expects NAME=DIR, got {spec!r}")
+        if name in out:
+            raise MoEFusionError(f"--fused name {name!r} given twice")
+        out[name] = Path(folder)
+    return out
+
+
+def add_parser(
+    subparsers: argparse._SubParsersAction, name: str, help_text: str
+) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Compute fusion metrics (EN, SF, SD, MI, VIF, AG, SCD, Qabf, CC, PSNR, MSE; SSIM for "
+            "cddfuse) for folders of fused images, paired with the sources by file stem. Writes "
+            "per-image CSV and a per-method summary (Markdown, CSV, JSON) per convention."
+        ),
+    )
+    p.add_argument("--ir", type=Path, required=True, help="folder of infrared source images")
+    p.add_argument("--vi", type=Path, required=True, help="folder of visible source images")
+    p.add_argument(
+        "--fused",
+        action="append",
+        required=True,
+        metavar="NAME=DIR",
+        help="a method name and its folder of fused images (repeat for several methods)",
+    )
+    p.add_argument(
+        "--convention",
+        choices=(*CONVENTIONS, "all"),
+        default="paper",
+        help="metric convention: paper (TANG-2022, the MoE-Fusion Table 1 scales; default), "
+        "float (TANG-2023), cddfuse (CDDFuse Evaluator), or all",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("evaluation"),
+        help="output folder for the tables (default ./evaluation; never an input folder)",
+    )
+    p.add_argument(
+        "--resize",
+        metavar="WxH|source|fused",
+        help="when sizes differ: 'source' resizes the sources to the fused size, 'fused' the "
+        "fused image to the source size, WxH all three (cv2 bilinear); default: sizes must match",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    fused = _parse_fused(args.fused)
+    resize = parse_resize(args.resize)
+    check_output_outside(args.out, [args.ir, args.vi, *fused.values()])
+    results = evaluate_folders(
+        args.ir, args.vi, fused, args.convention, resize=resize, progress=not args.no_progress
+    )
+    summaries = summarise(results)
+    written = write_tables(results, summaries, args.out)
+    if results.skipped_sources:
+        print(
+            f"note: {len(results.skipped_sources)} source pair(s) have no fused image and were skipped"
+        )
+    for s in summaries.values():
+        print()
+        print(markdown_table(s))
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0

@@ -1,0 +1,411 @@
+"""Evaluate folders of fused images with :mod:`moefusion.metrics` and write result tables.
+
+Reusable from Python (a report script calls these)::
+
+    res = evaluate_folders(ir_dir, vi_dir, {"ours": Path("out/ours")}, ["paper"])
+    summaries = summarise(res)
+    write_tables(res, summaries, Path("evaluation"))
+
+Images are paired by file stem. Colour images are turned to gray the way each
+convention's reference toolbox does (:func:`moefusion.metrics.to_gray_u8`). Means are
+plain means over images of the per-image values, as the reference scripts compute them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from moefusion.errors import ImageReadError, MoEFusionError, PairError
+from moefusion.metrics import (
+    CONVENTION_DESCRIPTIONS,
+    CONVENTIONS,
+    HIGHER_IS_BETTER,
+    MetricInputError,
+    compute,
+    to_gray_u8,
+)
+from moefusion.metrics.conventions import get_convention
+
+#: File extensions read as images (case-insensitive).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Resize modes besides an explicit ``WxH``.
+RESIZE_MODES: tuple[str, ...] = ("source", "fused")
+#: Markdown marking of the best, second and third value of each metric.
+RANK_MARKS: Mapping[int, tuple[str, str]] = {1: ("**", "**"), 2: ("_", "_"), 3: ("", "†")}
+MARKING_NOTE = (
+    "Per metric: **bold** = best, _italic_ = second, † = third among the methods. "
+    "Higher is better for every metric except MSE (lower is better)."
+)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_u8(path: Path) -> np.ndarray:
+    """Read an 8-bit image file as (H, W) gray or (H, W, 3) RGB uint8 (EXIF orientation applied).
+
+    Raises:
+        ImageReadError: missing, unreadable, or not 8 bits per channel.
+    """
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                raise ImageReadError(
+                    f"{path}: {im.mode} images are not 8-bit; the metrics need 8-bit images"
+                )
+            if im.mode in ("1", "L", "LA", "La"):
+                return np.asarray(im.convert("L"))
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError as exc:
+        raise ImageReadError(f"image file not found: {path}") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+
+
+def _list_images(folder: Path, role: str) -> dict[str, Path]:
+    """{stem: path} of the images directly inside ``folder``.
+
+    Raises:
+        ImageReadError: the folder does not exist or holds no images.
+        PairError: two files share a stem (e.g. a.png and a.jpg), so pairing is ambiguous.
+    """
+    if not folder.is_dir():
+        raise ImageReadError(f"{role} folder not found: {folder}")
+    found: dict[str, Path] = {}
+    clashes: list[str] = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            if p.stem in found:
+                clashes.append(f"{found[p.stem].name} / {p.name}")
+            found[p.stem] = p
+    if clashes:
+        raise PairError(f"{role} folder {folder} has several images per stem: {', '.join(clashes)}")
+    if not found:
+        raise ImageReadError(
+            f"{role} folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return found
+
+
+def _names(stems: Iterable[str], limit: int = 8) -> str:
+    s = sorted(stems)
+    more = f" ... (+{len(s) - limit} more)" if len(s) > limit else ""
+    return ", ".join(s[:limit]) + more
+
+
+# ----------------------------------------------------------------------------- resizing
+
+
+def parse_resize(spec: str | None) -> str | tuple[int, int] | None:
+    """``None``, ``'source'``, ``'fused'`` or ``'WxH'`` -> None, the mode, or (W, H).
+
+    ``source``: resize both sources to the fused image's size; ``fused``: resize the
+    fused image to the sources' size; ``WxH``: resize all three. Always cv2 bilinear.
+    """
+    if spec is None or spec in RESIZE_MODES:
+        return spec
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", spec)
+    if not m or int(m.group(1)) < 2 or int(m.group(2)) < 2:
+        raise MoEFusionError(
+            f"--resize must be WxH (e.g. 640x480), 'source' or 'fused', got {spec!r}"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W[, 3]) uint8 -> the same at size (W, H) with cv2 bilinear (INTER_LINEAR)."""
+    if (img.shape[1], img.shape[0]) == size:
+        return img
+    return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+
+
+def _size(img: np.ndarray) -> tuple[int, int]:
+    return img.shape[1], img.shape[0]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvaluationResults:
+    """Per-image metric values: ``values[convention][method][stem][metric]``."""
+
+    conventions: tuple[str, ...]
+    methods: tuple[str, ...]
+    stems: tuple[str, ...]
+    values: dict[str, dict[str, dict[str, dict[str, float]]]]
+    resize: str | tuple[int, int] | None = None
+    skipped_sources: tuple[str, ...] = field(default=())
+
+    def rows(self, convention: str) -> list[dict[str, str | float]]:
+        """One row per (method, stem): {'method', 'stem', metric: value, ...}."""
+        out: list[dict[str, str | float]] = []
+        for method in self.methods:
+            for stem in self.stems:
+                out.append(
+                    {"method": method, "stem": stem, **self.values[convention][method][stem]}
+                )
+        return out
+
+
+def _check_conventions(conventions: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(conventions, str):
+        conventions = CONVENTIONS if conventions == "all" else (conventions,)
+    for c in conventions:
+        get_convention(c)  # raises a clear error for unknown names
+    if not conventions:
+        raise MoEFusionError("no metric convention given")
+    return tuple(dict.fromkeys(conventions))
+
+
+def _pair_stems(
+    ir: dict[str, Path], vi: dict[str, Path], fused: dict[str, dict[str, Path]]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(stems to evaluate, source stems without fused images); raises PairError on gaps."""
+    wanted = set().union(*(set(f) for f in fused.values()))
+    problems = []
+    for method, files in fused.items():
+        missing = wanted - set(files)
+        if missing:
+            problems.append(f"fused '{method}' lacks {_names(missing)}")
+    for role, files in (("ir", ir), ("vi", vi)):
+        missing = wanted - set(files)
+        if missing:
+            problems.append(f"{role} folder lacks {_names(missing)}")
+    if problems:
+        raise PairError("unpaired images: " + "; ".join(problems))
+    skipped = (set(ir) | set(vi)) - wanted
+    return tuple(sorted(wanted)), tuple(sorted(skipped))
+
+
+def check_output_outside(out_dir: Path, inputs: Iterable[Path]) -> None:
+    """Raise MoEFusionError when ``out_dir`` equals or lies inside one of ``inputs``."""
+    out = out_dir.resolve()
+    for d in inputs:
+        d = d.resolve()
+        if out == d or d in out.parents:
+            raise MoEFusionError(
+                f"output folder {out_dir} is inside input folder {d}; choose another --out"
+            )
+
+
+def evaluate_folders(
+    ir_dir: Path,
+    vi_dir: Path,
+    fused: Mapping[str, Path],
+    conventions: Sequence[str] | str = ("paper",),
+    resize: str | tuple[int, int] | None = None,
+    progress: bool = True,
+) -> EvaluationResults:
+    """Compute every metric of each convention for each fused folder.
+
+    Args:
+        ir_dir, vi_dir: folders of source images, paired by stem with each fused folder.
+        fused: {method name: folder of fused images}.
+        conventions: names from :data:`moefusion.metrics.CONVENTIONS`, or ``"all"``.
+        resize: None (sizes must match), ``"source"``, ``"fused"`` or (W, H); see
+            :func:`parse_resize`. Resizing happens on the image as read, before gray
+            conversion (as the MoE-Fusion data path resizes before BGR2GRAY).
+        progress: show a tqdm progress bar.
+
+    Raises:
+        PairError: missing partners, or sizes differ and ``resize`` is None.
+        ImageReadError: unreadable files or folders.
+    """
+    if not fused:
+        raise MoEFusionError("no fused folder given")
+    convs = _check_conventions(conventions)
+    if isinstance(resize, str) or resize is None:
+        resize = parse_resize(resize)
+    ir = _list_images(Path(ir_dir), "ir")
+    vi = _list_images(Path(vi_dir), "vi")
+    fused_files = {m: _list_images(Path(d), f"fused '{m}'") for m, d in fused.items()}
+    stems, skipped = _pair_stems(ir, vi, fused_files)
+    methods = tuple(fused)
+    values: dict[str, dict[str, dict[str, dict[str, float]]]] = {
+        c: {m: {} for m in methods} for c in convs
+    }
+    bar = tqdm(total=len(stems) * len(methods), desc="evaluate", unit="img", disable=not progress)
+    with bar:
+        for stem in stems:
+            a, b = _read_u8(ir[stem]), _read_u8(vi[stem])
+            if _size(a) != _size(b) and not isinstance(resize, tuple):
+                raise PairError(
+                    f"{stem}: ir is {_size(a)[0]}x{_size(a)[1]} but vi is "
+                    f"{_size(b)[0]}x{_size(b)[1]} (use --resize WxH)"
+                )
+            for method in methods:
+                f = _read_u8(fused_files[method][stem])
+                a2, b2, f2 = _match_sizes(a, b, f, resize, stem, method)
+                for c in convs:
+                    try:
+                        values[c][method][stem] = compute(
+                            to_gray_u8(a2, c), to_gray_u8(b2, c), to_gray_u8(f2, c), c
+                        )
+                    except MetricInputError as exc:
+                        raise MetricInputError(f"{stem} (fused '{method}'): {exc}") from exc
+                bar.update(1)
+    return EvaluationResults(convs, methods, stems, values, resize, skipped)
+
+
+def _match_sizes(
+    a: np.ndarray,
+    b: np.ndarray,
+    f: np.ndarray,
+    resize: str | tuple[int, int] | None,
+    stem: str,
+    method: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if isinstance(resize, tuple):
+        return _resize(a, resize), _resize(b, resize), _resize(f, resize)
+    if _size(f) == _size(a):
+        return a, b, f
+    if resize == "source":
+        return _resize(a, _size(f)), _resize(b, _size(f)), f
+    if resize == "fused":
+        return a, b, _resize(f, _size(a))
+    raise PairError(
+        f"{stem}: fused '{method}' is {_size(f)[0]}x{_size(f)[1]} but the sources are "
+        f"{_size(a)[0]}x{_size(a)[1]}; pass --resize source|fused|WxH to resize (cv2 bilinear)"
+    )
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Means over images per method, and the rank per metric (1 best .. 3; 0 for the rest,
+    and for every method when only one is evaluated)."""
+
+    convention: str
+    description: str
+    metrics: tuple[str, ...]
+    n_images: int
+    means: dict[str, dict[str, float]]
+    ranks: dict[str, dict[str, int]]
+
+
+def _rank(values: Mapping[str, float], higher_is_better: bool) -> dict[str, int]:
+    """Competition ranking (ties share a rank) of finite values; NaN/None get 0, and only
+    ranks 1-3 are kept."""
+    finite = {m: v for m, v in values.items() if v is not None and math.isfinite(v)}
+    ordered = sorted(finite.values(), reverse=higher_is_better)
+    ranks = {m: 0 for m in values}
+    for m, v in finite.items():
+        r = ordered.index(v) + 1
+        ranks[m] = r if r <= 3 else 0
+    return ranks
+
+
+def _mean(xs: Iterable[float]) -> float:
+    arr = np.array(list(xs), dtype=np.float64)
+    return float(arr.mean()) if arr.size else math.nan
+
+
+def summarise(results: EvaluationResults) -> dict[str, Summary]:
+    """{convention: Summary} with the mean over images of each metric per method."""
+    out = {}
+    for c in results.conventions:
+        metrics = get_convention(c).metrics
+        means = {
+            m: {k: _mean(results.values[c][m][s][k] for s in results.stems) for k in metrics}
+            for m in results.methods
+        }
+        ranks: dict[str, dict[str, int]] = {m: dict.fromkeys(metrics, 0) for m in results.methods}
+        if len(results.methods) > 1:  # a lone method is not "best" of anything
+            for k in metrics:
+                col = {m: means[m][k] for m in results.methods}
+                for m, r in _rank(col, HIGHER_IS_BETTER[k]).items():
+                    ranks[m][k] = r
+        out[c] = Summary(c, CONVENTION_DESCRIPTIONS[c], metrics, len(results.stems), means, ranks)
+    return out
+
+
+def _fmt(v: float) -> str:
+    return "nan" if math.isnan(v) else f"{v:.4f}"
+
+
+def _json_safe(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def markdown_table(summary: Summary) -> str:
+    """The summary as a Markdown table with the convention line and the marking legend."""
+    arrows = {k: ("↑" if HIGHER_IS_BETTER[k] else "↓") for k in summary.metrics}
+    head = "| method | " + " | ".join(f"{k} {arrows[k]}" for k in summary.metrics) + " |"
+    sep = "|---|" + "---:|" * len(summary.metrics)
+    lines = [
+        f"Convention: {summary.description}",
+        "",
+        f"Mean over {summary.n_images} image(s). {MARKING_NOTE}",
+        "",
+        head,
+        sep,
+    ]
+    for m, means in summary.means.items():
+        cells = []
+        for k in summary.metrics:
+            pre, post = RANK_MARKS.get(summary.ranks[m][k], ("", ""))
+            cells.append(f"{pre}{_fmt(means[k])}{post}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(
+    results: EvaluationResults, summaries: Mapping[str, Summary], out_dir: Path
+) -> list[Path]:
+    """Write per-image CSV and summary Markdown/CSV/JSON per convention; returns the paths.
+
+    Files: ``per_image_<conv>.csv`` (method, stem, metrics), ``summary_<conv>.md``,
+    ``summary_<conv>.csv`` (means and ``<metric>_rank`` columns), ``summary_<conv>.json``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for c, s in summaries.items():
+        per_image = out_dir / f"per_image_{c}.csv"
+        with per_image.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["method", "stem", *s.metrics])
+            for row in results.rows(c):
+                w.writerow([row["method"], row["stem"], *(repr(float(row[k])) for k in s.metrics)])
+        md = out_dir / f"summary_{c}.md"
+        md.write_text(f"# Fusion metrics, convention `{c}`\n\n" + markdown_table(s))
+        summary_csv = out_dir / f"summary_{c}.csv"
+        with summary_csv.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["method", *s.metrics, *(f"{k}_rank" for k in s.metrics)])
+            for m in results.methods:
+                w.writerow(
+                    [
+                        m,
+                        *(repr(s.means[m][k]) for k in s.metrics),
+                        *(s.ranks[m][k] for k in s.metrics),
+                    ]
+                )
+        js = out_dir / f"summary_{c}.json"
+        payload = {
+            "convention": c,
+            "description": s.description,
+            "n_images": s.n_images,
+            "stems": list(results.stems),
+            "resize": list(results.resize) if isinstance(results.resize, tuple) else results.resize,
+            "higher_is_better": {k: HIGHER_IS_BETTER[k] for k in s.metrics},
+            "means": {m: {k: _json_safe(v) for k, v in d.items()} for m, d in s.means.items()},
+            "ranks": s.ranks,
+        }
+        js.write_text(json.dumps(payload, indent=2) + "\n")
+        written += [per_image, md, summary_csv, js]
+    return written

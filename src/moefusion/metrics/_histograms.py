@@ -1,0 +1,67 @@
+"""Grey-level histograms of a triple, and exact integer moments derived from them.
+
+For 8-bit images every first/second moment the metrics need (sums of x, x^2 and x*y)
+is a weighted sum over a 256x256 joint histogram. Working from histograms is exact (no
+float rounding), needs no full-size float temporaries, and is several times faster
+than array arithmetic on a 640x480 image.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+_LEVELS = np.arange(256, dtype=np.int64)
+
+
+def joint_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(256, 256) int64 counts of grey-level pairs (a[i], b[i]) of two (H, W) uint8 images."""
+    idx = (a.astype(np.uint16) << 8) | b
+    return np.bincount(idx.ravel(), minlength=65536).reshape(256, 256)
+
+
+def _weighted(counts: np.ndarray, weights: np.ndarray) -> int:
+    return int(np.sum(counts * weights))
+
+
+class Histograms:
+    """Joint histograms of (ir, fused), (vi, fused), (ir, vi); each image (H, W) uint8."""
+
+    def __init__(self, ir: np.ndarray, vi: np.ndarray, fused: np.ndarray) -> None:
+        self.n = int(fused.size)
+        self.ir_f = joint_counts(ir, fused)
+        self.vi_f = joint_counts(vi, fused)
+        self._ir, self._vi = ir, vi
+
+    @cached_property
+    def ir_vi(self) -> np.ndarray:
+        """(256, 256) joint counts of (ir, vi); only SCD needs it."""
+        return joint_counts(self._ir, self._vi)
+
+    @cached_property
+    def marginals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(256,) grey-level counts of ir, vi and fused."""
+        return self.ir_f.sum(axis=1), self.vi_f.sum(axis=1), self.ir_f.sum(axis=0)
+
+    @cached_property
+    def sums(self) -> dict[str, int]:
+        """Exact sums: 'a', 'b', 'f' (sum x) and 'aa', 'bb', 'ff', 'af', 'bf' (sum x*y)."""
+        ha, hb, hf = self.marginals
+        lv, lv2 = _LEVELS, _LEVELS * _LEVELS
+        outer = np.outer(_LEVELS, _LEVELS)
+        return {
+            "a": _weighted(ha, lv),
+            "b": _weighted(hb, lv),
+            "f": _weighted(hf, lv),
+            "aa": _weighted(ha, lv2),
+            "bb": _weighted(hb, lv2),
+            "ff": _weighted(hf, lv2),
+            "af": _weighted(self.ir_f, outer),
+            "bf": _weighted(self.vi_f, outer),
+        }
+
+    @cached_property
+    def sum_ab(self) -> int:
+        """Exact sum of ir*vi."""
+        return _weighted(self.ir_vi, np.outer(_LEVELS, _LEVELS))
