@@ -62,7 +62,7 @@ def train(
     """Train, checkpointing every epoch, and export the fusion weights to safetensors.
 
     Returns the run directory, which holds ``config.yaml``, ``checkpoints/`` (one per epoch
-    plus ``last.ckpt``), ``logs/`` (TensorBoard and CSV) and ``moefusion.safetensors``.
+    plus ``last.ckpt``), ``logs/{tensorboard,csv}/version_N`` (one version per launch) and ``moefusion.safetensors``.
     """
     out = Path(out_dir)
     ckpt_dir = out / "checkpoints"
@@ -90,8 +90,9 @@ def train(
     trainer = L.Trainer(
         default_root_dir=out,
         logger=[
-            TensorBoardLogger(out / "logs", name="tensorboard", version=""),
-            CSVLogger(out / "logs", name="csv", version=""),
+            # versioned sub-folders, so a resumed run appends instead of overwriting
+            TensorBoardLogger(out / "logs", name="tensorboard"),
+            CSVLogger(out / "logs", name="csv"),
         ],
         callbacks=[checkpoint, SaveConfigBeside(config, ckpt_dir)],
         gradient_clip_val=float(config["optim"].get("grad_clip", 35.0)),
