@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Busy-waiting OpenMP threads make torch several times slower on a shared or small
+# machine; passive waiting costs nothing measurable when the machine is idle.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Sequence
 
 from moefusion import __version__

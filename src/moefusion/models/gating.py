@@ -1,0 +1,233 @@
+"""Noisy top-K gating (Shazeer et al., 2017), the multi-modal gate of paper eqs. 1 and 3.
+
+``G(s) = softmax(topK(s . W))``: the logits of the K best experts are normalised by a
+softmax, the others get weight 0. During training Gaussian noise with a learned,
+input-dependent standard deviation ``softplus(s . W_noise) + epsilon`` is added to the
+logits before the top-K selection, which lets the load-balancing loss see a smooth
+"probability of being selected" (:func:`prob_in_top_k`).
+
+Any input size: the paper (and the authors' release) flattens the whole feature map,
+which ties ``W`` to one image size (640x480 in the release). Here the gate input is
+first average-pooled to a fixed grid ``(H_g, W_g)`` with ``adaptive_avg_pool2d`` and
+then flattened, so ``D = C * H_g * W_g`` whatever ``H, W`` are, and trained weights work
+at any resolution. The default grid (15, 20) is 480x640 / 32: at the training size it
+is an exact 32x32 block average that keeps the 4:3 layout, coarse enough that ``W``
+stays small (32*300 inputs for MoLE, 160*300 for MoGE instead of the release's 614 400
+and 768 000) but fine enough to say where the bright/attended regions of the image are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
+    """Squared coefficient of variation ``var(x) / (mean(x)^2 + eps)`` of a 1-D tensor.
+
+    Uses the unbiased variance, as Shazeer et al.'s reference code; a tensor with a
+    single element gives 0 (no variation can be measured).
+
+    Shapes:
+        ``x [N]`` -> scalar.
+    """
+    x = x.float()
+    if x.numel() <= 1:
+        return x.new_zeros(())
+    return x.var() / (x.mean() ** 2 + eps)
+
+
+def load_balancing_loss(gates: Tensor, load: Tensor) -> Tensor:
+    """``cv^2(importance) + cv^2(load)`` with ``importance = gates.sum(0)`` (unweighted).
+
+    Shapes:
+        ``gates [B, N]``, ``load [N]`` -> scalar.
+    """
+    return cv_squared(gates.sum(0)) + cv_squared(load)
+
+
+def gates_to_load(gates: Tensor) -> Tensor:
+    """Hard load: how many samples each expert received. ``[B, N] -> [N]`` (no gradient)."""
+    return (gates > 0).sum(0).to(gates.dtype)
+
+
+def _normal_cdf(x: Tensor) -> Tensor:
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def prob_in_top_k(
+    clean_logits: Tensor, noisy_logits: Tensor, noise_std: Tensor, top_values: Tensor, k: int
+) -> Tensor:
+    """Probability that each expert is in the top K if its noise were redrawn.
+
+    For expert ``i`` the others' noisy logits are fixed; ``i`` is in the top K iff its
+    noisy logit beats the K-th best of the others: the (K+1)-th best overall when
+    ``i`` is currently selected, the K-th best when it is not. With Gaussian noise that
+    is ``Phi((clean_i - threshold) / std_i)``, differentiable in the gate weights.
+
+    Shapes:
+        ``clean_logits, noisy_logits, noise_std [B, N]``; ``top_values [B, >= K+1]``
+        (noisy logits sorted descending) -> ``[B, N]``.
+    """
+    threshold_if_in = top_values[:, k : k + 1]
+    threshold_if_out = top_values[:, k - 1 : k]
+    is_in = noisy_logits > threshold_if_in
+    prob_if_in = _normal_cdf((clean_logits - threshold_if_in) / noise_std)
+    prob_if_out = _normal_cdf((clean_logits - threshold_if_out) / noise_std)
+    return torch.where(is_in, prob_if_in, prob_if_out)
+
+
+def adaptive_avg_pool2d_cumsum(x: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Same bins and values as ``F.adaptive_avg_pool2d(x, grid)``, from a summed-area table.
+
+    Bin ``i`` of ``n`` over a length ``L`` covers ``[floor(i*L/n), ceil((i+1)*L/n))``. Built
+    only from ``arange``/``cumsum``/``index_select``, it stays correct for every input size
+    when exported with dynamic shapes (ONNX has no size-independent adaptive pooling).
+    Sums are taken in float64 so that large images keep float32 accuracy. Slower than
+    the native op: used only by gates with ``export_friendly=True``.
+
+    Shapes:
+        ``[B, C, H, W] -> [B, C, H_g, W_g]``.
+    """
+    height, width = x.shape[-2:]
+
+    def edges(length: int, bins: int) -> tuple[Tensor, Tensor]:
+        i = torch.arange(bins, device=x.device)
+        start = torch.div(i * length, bins, rounding_mode="floor")
+        end = torch.div((i + 1) * length + bins - 1, bins, rounding_mode="floor")
+        return start, end
+
+    hs, he = edges(height, grid[0])
+    ws, we = edges(width, grid[1])
+    table = F.pad(x.double().cumsum(2).cumsum(3), (1, 0, 1, 0))  # [B, C, H+1, W+1]
+    rows = table.index_select(2, he) - table.index_select(2, hs)
+    sums = rows.index_select(3, we) - rows.index_select(3, ws)
+    area = (he - hs).view(-1, 1) * (we - ws).view(1, -1)
+    return (sums / area).to(x.dtype)
+
+
+def top_k_softmax(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Softmax over the K largest logits of each row, zeros elsewhere.
+
+    Shapes:
+        ``logits [B, N]`` -> ``(gates [B, N], indices [B, K])``.
+    """
+    top_logits, top_indices = logits.topk(k, dim=1)
+    top_gates = torch.softmax(top_logits, dim=1)
+    gates = torch.zeros_like(logits).scatter(1, top_indices, top_gates)
+    return gates, top_indices
+
+
+@dataclass
+class GateOutput:
+    """What a gate decided for a batch.
+
+    Attributes:
+        gates: ``[B, N]``, K non-zeros per row that sum to 1.
+        load: ``[N]`` samples per expert: soft (differentiable) count in noisy training,
+            hard count of ``gates > 0`` otherwise.
+        importance: ``[N]`` ``gates.sum(0)``.
+        logits: ``[B, N]`` clean logits ``s . W_gate``.
+        indices: ``[B, K]`` selected experts, best first.
+    """
+
+    gates: Tensor
+    load: Tensor
+    importance: Tensor
+    logits: Tensor
+    indices: Tensor
+
+    def balancing_loss(self) -> Tensor:
+        """Unweighted ``cv^2(importance) + cv^2(load)``, a scalar."""
+        return cv_squared(self.importance) + cv_squared(self.load)
+
+
+class NoisyTopKGate(nn.Module):
+    """Noisy top-K gate over a feature map of any size.
+
+    Args:
+        in_channels: C of the gate input.
+        num_experts: N.
+        k: K experts kept per sample (1 <= K <= N).
+        grid: (H_g, W_g) the input is average-pooled to before flattening.
+        noisy: add trainable Gaussian noise to the logits in training mode.
+        noise_epsilon: minimum noise standard deviation.
+
+    ``W_gate`` and ``W_noise`` (``[C*H_g*W_g, N]``) start at zero as in the release: every
+    expert starts with the same logit, so the first routing decisions come from the
+    noise alone.
+
+    Shapes:
+        input ``[B, C, H, W]`` (any H, W), or a sequence of maps that concatenate to it
+        -> :class:`GateOutput` with ``gates [B, N]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_experts: int,
+        k: int,
+        grid: tuple[int, int] = (15, 20),
+        noisy: bool = True,
+        noise_epsilon: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        if not 1 <= k <= num_experts:
+            raise ValueError(f"k must be in [1, {num_experts}], got {k}")
+        self.in_channels = in_channels
+        self.num_experts = num_experts
+        self.k = k
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.noisy = noisy
+        self.noise_epsilon = noise_epsilon
+        # pooling implementation: native op, or a summed-area table for export
+        self.export_friendly = False
+        in_features = in_channels * self.grid[0] * self.grid[1]
+        self.w_gate = nn.Parameter(torch.zeros(in_features, num_experts))
+        self.w_noise = nn.Parameter(torch.zeros(in_features, num_experts))
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, num_experts={self.num_experts}, k={self.k}, "
+            f"grid={self.grid}, noisy={self.noisy}"
+        )
+
+    def flatten_input(self, x: Tensor | Sequence[Tensor]) -> Tensor:
+        """``[B, C, H, W] -> s [B, C*H_g*W_g]`` (adaptive average pooling, then flatten).
+
+        ``x`` may also be a sequence of maps whose channel concatenation is the input:
+        pooling is per channel, so each part is pooled and the small pooled maps are
+        concatenated, which avoids copying the full-resolution maps.
+        """
+        parts = [x] if isinstance(x, Tensor) else list(x)
+        channels = sum(p.shape[1] for p in parts)
+        if channels != self.in_channels:
+            raise ValueError(f"gate expects {self.in_channels} channels, got {channels}")
+        pool = adaptive_avg_pool2d_cumsum if self.export_friendly else F.adaptive_avg_pool2d
+        pooled = [pool(p, self.grid) for p in parts]
+        return (pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)).flatten(1)
+
+    def forward(self, x: Tensor | Sequence[Tensor]) -> GateOutput:
+        s = self.flatten_input(x)
+        clean_logits = s @ self.w_gate
+        use_noise = self.noisy and self.training
+        if use_noise:
+            noise_std = F.softplus(s @ self.w_noise) + self.noise_epsilon
+            logits = clean_logits + torch.randn_like(clean_logits) * noise_std
+        else:
+            logits = clean_logits
+
+        gates, indices = top_k_softmax(logits, self.k)
+        if use_noise and self.k < self.num_experts:
+            top_values = logits.topk(self.k + 1, dim=1).values
+            load = prob_in_top_k(clean_logits, logits, noise_std, top_values, self.k).sum(0)
+        else:
+            load = gates_to_load(gates)
+        return GateOutput(
+            gates=gates, load=load, importance=gates.sum(0), logits=clean_logits, indices=indices
+        )

@@ -1,0 +1,125 @@
+"""Noisy top-K gate: cv^2, load-balancing loss, zero init, noise only in training, any size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moefusion.models import (
+    NoisyTopKGate,
+    adaptive_avg_pool2d_cumsum,
+    cv_squared,
+    gates_to_load,
+    load_balancing_loss,
+    prob_in_top_k,
+    top_k_softmax,
+)
+
+
+def test_cv_squared_by_hand() -> None:
+    # mean 2.5, unbiased variance (2.25 + 0.25 + 0.25 + 2.25) / 3 = 5/3
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert cv_squared(x).item() == pytest.approx((5 / 3) / 6.25, rel=1e-6)
+    assert cv_squared(torch.tensor([3.0, 3.0, 3.0])).item() == pytest.approx(0.0)
+    assert cv_squared(torch.tensor([7.0])).item() == 0.0
+
+
+def test_load_balancing_loss_hand_made_gates() -> None:
+    gates = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.25, 0.75, 0.0]])
+    load = gates_to_load(gates)
+    assert load.tolist() == [1.0, 2.0, 1.0, 0.0]
+    # importance = [0.5, 0.75, 0.75, 0]: mean 0.5, var (0 + 0.0625 + 0.0625 + 0.25)/3 = 0.125
+    # load = [1, 2, 1, 0]: mean 1, var (0 + 1 + 0 + 1)/3 = 2/3
+    expected = 0.125 / 0.25 + (2 / 3) / 1.0
+    assert load_balancing_loss(gates, load).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_top_k_softmax() -> None:
+    logits = torch.tensor([[0.0, 2.0, 1.0, -1.0]])
+    gates, idx = top_k_softmax(logits, 2)
+    e = torch.exp(torch.tensor([2.0, 1.0]))
+    assert idx.tolist() == [[1, 2]]
+    assert torch.allclose(gates, torch.tensor([[0.0, e[0] / e.sum(), e[1] / e.sum(), 0.0]]))
+
+
+def test_prob_in_top_k_by_hand() -> None:
+    clean = torch.tensor([[1.0, 0.0, -1.0]])
+    noisy = torch.tensor([[1.2, 0.1, -2.0]])
+    std = torch.ones(1, 3)
+    top = noisy.topk(3, dim=1).values  # [1.2, 0.1, -2.0]
+    p = prob_in_top_k(clean, noisy, std, top, k=1)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    # expert 0 is in: threshold = 2nd best = 0.1; others are out: threshold = best = 1.2
+    expected = normal.cdf(torch.tensor([1.0 - 0.1, 0.0 - 1.2, -1.0 - 1.2]))
+    assert torch.allclose(p[0], expected, atol=1e-6)
+
+
+def test_zero_init_gives_uniform_gates() -> None:
+    gate = NoisyTopKGate(3, num_experts=4, k=2, grid=(2, 2)).eval()
+    assert torch.count_nonzero(gate.w_gate) == 0 and torch.count_nonzero(gate.w_noise) == 0
+    out = gate(torch.rand(5, 3, 10, 12))
+    assert out.gates.shape == (5, 4)
+    nonzero = out.gates[out.gates > 0]
+    assert nonzero.numel() == 10
+    assert torch.allclose(nonzero, torch.full_like(nonzero, 0.5))
+
+
+def test_noise_only_in_training() -> None:
+    torch.manual_seed(0)
+    gate = NoisyTopKGate(2, num_experts=6, k=2, grid=(3, 3), noisy=True)
+    x = torch.rand(16, 2, 9, 9)
+    gate.eval()
+    assert torch.equal(gate(x).gates, gate(x).gates)
+    gate.train()
+    assert not torch.equal(gate(x).gates, gate(x).gates)
+    quiet = NoisyTopKGate(2, num_experts=6, k=2, grid=(3, 3), noisy=False).train()
+    torch.nn.init.normal_(quiet.w_gate)
+    assert torch.equal(quiet(x).gates, quiet(x).gates)
+
+
+def test_soft_load_in_training_hard_load_in_eval() -> None:
+    torch.manual_seed(0)
+    gate = NoisyTopKGate(2, num_experts=4, k=2, grid=(2, 2))
+    torch.nn.init.normal_(gate.w_gate, std=0.1)
+    x = torch.rand(8, 2, 6, 6)
+    out = gate.train()(x)
+    assert out.load.requires_grad
+    assert out.load.shape == (4,)
+    assert torch.isfinite(out.load).all()
+    assert out.load.min().item() >= 0.0 and out.load.max().item() <= 8.0
+    loss = out.balancing_loss()
+    loss.backward()
+    assert gate.w_gate.grad is not None and gate.w_noise.grad is not None
+    eval_out = gate.eval()(x)
+    assert torch.equal(eval_out.load, gates_to_load(eval_out.gates))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 9), (123, 77), (480, 640)])
+def test_gate_accepts_any_size(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    gate = NoisyTopKGate(4, num_experts=4, k=2, grid=(15, 20))
+    torch.nn.init.normal_(gate.w_gate, std=0.01)
+    assert gate.w_gate.shape == (4 * 15 * 20, 4)
+    out = gate.eval()(torch.rand(2, 4, *size))
+    assert out.gates.shape == (2, 4)
+    assert torch.allclose(out.gates.sum(1), torch.ones(2))
+    assert ((out.gates > 0).sum(1) == 2).all()
+
+
+def test_k_equals_n_uses_all_experts() -> None:
+    gate = NoisyTopKGate(1, num_experts=3, k=3, grid=(1, 1)).train()
+    out = gate(torch.rand(4, 1, 5, 5))
+    assert ((out.gates > 0).sum(1) == 3).all()
+    assert out.load.tolist() == [4.0, 4.0, 4.0]
+
+
+def test_invalid_k() -> None:
+    with pytest.raises(ValueError):
+        NoisyTopKGate(1, num_experts=3, k=4)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 9), (123, 77), (480, 640)])
+def test_export_friendly_pooling_matches_native(size: tuple[int, int]) -> None:
+    x = torch.rand(2, 3, *size)
+    native = torch.nn.functional.adaptive_avg_pool2d(x, (15, 20))
+    assert torch.allclose(adaptive_avg_pool2d_cumsum(x, (15, 20)), native, atol=1e-5)
