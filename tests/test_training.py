@@ -67,7 +67,9 @@ def test_cpu_config_training_reduces_fusion_loss(tmp_path: Path) -> None:
 @needs_shared
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
     common = ("trainer.limit_train_batches=2", "data.num_workers=0")
-    straight = train(small_cpu_config("trainer.max_epochs=2", *common), tmp_path / "a", progress=False)
+    straight = train(
+        small_cpu_config("trainer.max_epochs=2", *common), tmp_path / "a", progress=False
+    )
     # "interrupted" after epoch 1, then resumed to epoch 2 from last.ckpt
     part = train(small_cpu_config("trainer.max_epochs=1", *common), tmp_path / "b", progress=False)
     resumed = train(

@@ -34,7 +34,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--config",
         required=True,
         metavar="NAME_OR_FILE",
-        help=f"shipped config ({', '.join(available_configs())}) or a YAML file",
+        help="shipped config ("
+        + ", ".join(c for c in available_configs() if not c.startswith("detect_"))
+        + ") or a YAML file",
     )
     p.add_argument(
         "overrides",

@@ -74,4 +74,7 @@ class MoEFusionModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=list(optim["milestones"]), gamma=float(optim["gamma"])
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }

@@ -83,7 +83,9 @@ class EpochSampler(Sampler[int]):
         total = self.per_rank * self.world
         flat += flat[: total - len(flat)]  # pad so every rank gets the same count
         # Repeats of one epoch share the epoch code, so give each repeat its own key.
-        keys = [(self.epoch * self.repeat + pos // self.n) * self.n + i for pos, i in enumerate(flat)]
+        keys = [
+            (self.epoch * self.repeat + pos // self.n) * self.n + i for pos, i in enumerate(flat)
+        ]
         return iter(keys[self.rank : total : self.world])
 
 
