@@ -1,0 +1,115 @@
+"""Side-by-side comparison figures: one row per pair (infrared, visible, fused, colour).
+
+Uses matplotlib's object API with the Agg canvas (no pyplot, no GUI backend, no global
+state), so it is safe in scripts, tests and worker processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from moefusion.errors import MoEFusionError
+
+__all__ = ["DEFAULT_COLUMNS", "MAX_ROWS", "FigureRow", "save_pair_figure", "thumbnail"]
+
+#: Column titles of :func:`save_pair_figure`.
+DEFAULT_COLUMNS: tuple[str, ...] = ("infrared", "visible", "fused", "fused (colour)")
+#: At most this many rows (pairs) per figure; more would make every panel tiny.
+MAX_ROWS = 6
+
+
+@dataclass
+class FigureRow:
+    """One pair's panels, all float in [0, 1].
+
+    Attributes:
+        title: row label (usually the pair's stem).
+        ir: ``HxW`` infrared.
+        vi: ``HxW`` gray or ``HxWx3`` RGB visible.
+        fused: ``HxW`` fused gray.
+        fused_color: ``HxWx3`` colourised fused image, or None (panel left blank).
+    """
+
+    title: str
+    ir: np.ndarray
+    vi: np.ndarray
+    fused: np.ndarray
+    fused_color: np.ndarray | None = None
+
+
+def thumbnail(image: np.ndarray, max_side: int = 480) -> np.ndarray:
+    """Downscale ``HxW`` / ``HxWx3`` so that its longer side is at most ``max_side`` (area filter).
+
+    Figures of 8000x6000 inputs would otherwise keep full-size copies alive.
+    """
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(
+        np.ascontiguousarray(image, dtype=np.float32), size, interpolation=cv2.INTER_AREA
+    )
+
+
+def save_pair_figure(
+    rows: Sequence[FigureRow],
+    path: str | Path,
+    *,
+    max_rows: int = MAX_ROWS,
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    panel_inches: float = 3.0,
+    dpi: int = 100,
+) -> Path:
+    """Save a grid figure with one row per pair (the first ``max_rows``).
+
+    The format follows the file extension (png, pdf, svg, jpg...). Each panel keeps its
+    image's aspect ratio; rows may come from images of different sizes.
+
+    Returns:
+        the path written.
+
+    Raises:
+        MoEFusionError: no rows, or the file cannot be written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = list(rows)[:max_rows]
+    if not rows:
+        raise MoEFusionError("no pairs to draw in the figure")
+    ratio = max(r.ir.shape[0] / r.ir.shape[1] for r in rows)
+    fig = Figure(figsize=(panel_inches * len(columns), panel_inches * ratio * len(rows) + 0.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+    for r, row in enumerate(rows):
+        panels = (row.ir, row.vi, row.fused, row.fused_color)
+        for c, image in enumerate(panels[: len(columns)]):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=10)
+            if c == 0:
+                ax.set_ylabel(row.title, fontsize=8)
+            if image is None:
+                ax.set_frame_on(False)
+                continue
+            image = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+            if image.ndim == 2:
+                ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            else:
+                ax.imshow(image, interpolation="nearest")
+    fig.tight_layout(pad=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=dpi)
+    except (OSError, ValueError) as exc:
+        raise MoEFusionError(f"cannot save figure {path}: {exc}") from exc
+    return path

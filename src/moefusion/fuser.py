@@ -1,0 +1,435 @@
+"""The Python fusion API: :class:`Fuser` turns image pairs into fused images.
+
+Example::
+
+    from moefusion import Fuser
+
+    fuser = Fuser.from_file("weights.safetensors")         # or Fuser.pretrained()
+    fused = fuser.fuse(ir_array, vi_array)                  # HxW float32 in [0, 1]
+    rgb = fuser.fuse_color(ir_array, vi_rgb_array)          # HxWx3 float32 in [0, 1]
+    res = fuser.fuse(ir, vi, return_details=True)           # FusionResult (gates, attention)
+    many = fuser.fuse([ir1, ir2], [vi1, vi2], batch_size=2) # list of HxW arrays
+
+Inputs may be numpy arrays (``HxW``, ``HxWx1``, ``HxWx3`` RGB or ``HxWx4`` RGBA; uint8,
+uint16 or float in [0, 1]), PIL images (EXIF orientation applied) or torch tensors
+(``[H,W]``, ``[C,H,W]`` or a batch ``[B,C,H,W]``, C in 1/3/4, float in [0, 1] or uint8).
+Colour becomes gray with the BT.601 luma (as :func:`moefusion.data.to_gray`), alpha is
+dropped and 16-bit data is normalised with ``high_bit`` (see
+:func:`moefusion.data.to_unit_float`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from moefusion.data import colorize, to_gray, to_unit_float
+from moefusion.errors import MoEFusionError, PairError
+from moefusion.models import MoEFusion
+from moefusion.tiling import default_overlap, fuse_tiled, validate_tiling
+
+__all__ = ["FusionResult", "Fuser", "ImageInput", "resolve_device", "to_unit_image"]
+
+#: One image as accepted by :meth:`Fuser.fuse`.
+ImageInput = np.ndarray | Image.Image | Tensor
+
+
+@dataclass
+class FusionResult:
+    """One fused pair with what the network decided.
+
+    Attributes:
+        fused: ``HxW`` float32 in [0, 1] (clamped).
+        gates: ``{"mole_fg", "mole_bg", "moge"} -> [N]`` float32 gate weights (only the
+            gates the model variant has). Untiled: K non-zeros summing to 1. Tiled: the
+            area-weighted mean over the tiles, so more than K experts may be non-zero.
+        attention: ``HxW`` float32 attention map in (0, 1) that guided the local experts.
+        color: ``HxWx3`` float32 RGB (the visible image's colour with the fused
+            luminance) when colour was requested, else None.
+        tiles: number of tiles the pair was fused in (1 = whole image).
+        tile_gates: per-tile gates (tiled runs only), in row-major tile order.
+    """
+
+    fused: np.ndarray
+    gates: dict[str, np.ndarray]
+    attention: np.ndarray
+    color: np.ndarray | None = None
+    tiles: int = 1
+    tile_gates: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; other names as :class:`torch.device`.
+
+    Raises:
+        MoEFusionError: unknown device name, or cuda requested but not available.
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    elif device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise MoEFusionError(f"unknown device {device!r}; use cpu, cuda or auto") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MoEFusionError("device cuda requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return np.asarray(image).astype(np.uint16)
+    if mode in ("I", "F"):
+        arr = np.asarray(image)
+        if mode == "I":
+            if arr.size and (arr.min() < 0 or arr.max() > 65535):
+                raise MoEFusionError(
+                    f"unsupported 32-bit PIL image range [{arr.min()}, {arr.max()}]"
+                )
+            return arr.astype(np.uint16)
+        return arr.astype(np.float32)
+    if mode in ("L", "RGB"):
+        return np.asarray(image)
+    if mode in ("1", "LA", "La"):
+        return np.asarray(image.convert("L"))
+    # palette, RGBA, CMYK, YCbCr, ...: RGB (alpha dropped)
+    return np.asarray(image.convert("RGB"))
+
+
+def _tensor_to_array(t: Tensor) -> np.ndarray:
+    """``[H,W]`` or ``[C,H,W]`` tensor -> ``HxW`` / ``HxWxC`` array (same dtype family)."""
+    t = t.detach().cpu()
+    if t.dim() == 3:
+        t = t.permute(1, 2, 0)
+    elif t.dim() != 2:
+        raise MoEFusionError(f"expected a [H,W] or [C,H,W] tensor, got shape {tuple(t.shape)}")
+    if t.dtype == torch.uint16:
+        return t.to(torch.int32).numpy().astype(np.uint16)
+    if t.dtype.is_floating_point:
+        return t.float().numpy()
+    if t.dtype == torch.uint8:
+        return t.numpy()
+    raise MoEFusionError(f"unsupported tensor dtype {t.dtype}: use float in [0, 1] or uint8")
+
+
+def to_unit_image(image: ImageInput, *, high_bit: str = "percentile") -> np.ndarray:
+    """Any accepted single image -> float32 in [0, 1], ``HxW`` or ``HxWx3`` (RGB).
+
+    Float input already in [0, 1] as float32 is returned without a copy (large tiled
+    inputs stay single).
+
+    Raises:
+        MoEFusionError: unsupported type, shape or dtype.
+    """
+    if isinstance(image, Image.Image):
+        arr = _pil_to_array(image)
+    elif isinstance(image, Tensor):
+        arr = _tensor_to_array(image)
+    elif isinstance(image, np.ndarray):
+        arr = image
+    else:
+        raise MoEFusionError(
+            f"unsupported image type {type(image).__name__}: use a numpy array, PIL image or tensor"
+        )
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        arr = arr[..., 0] if arr.shape[2] == 1 else arr[..., :3]
+    elif arr.ndim != 2:
+        raise MoEFusionError(
+            f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {tuple(arr.shape)}"
+        )
+    if arr.dtype == np.float32 and arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise MoEFusionError("image contains NaN or infinite values")
+    return to_unit_float(arr, high_bit=high_bit)
+
+
+def _split_batch(x: Any) -> list[Any] | None:
+    """The items of a batched input (list/tuple or ``[B,C,H,W]`` tensor), else None."""
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    if isinstance(x, Tensor) and x.dim() == 4:
+        return list(x.unbind(0))
+    return None
+
+
+@dataclass
+class _Prepared:
+    ir: np.ndarray  # HxW float32
+    vi: np.ndarray  # HxW float32
+    vi_rgb: np.ndarray | None  # HxWx3 float32 when colour is wanted
+
+
+# ------------------------------------------------------------------------------ fuser
+
+
+class Fuser:
+    """Inference wrapper around a :class:`~moefusion.models.MoEFusion`.
+
+    Args:
+        model: the network (put in eval mode: no gate noise, BatchNorm statistics frozen).
+        device: ``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+
+    All calls run under :func:`torch.inference_mode`.
+    """
+
+    def __init__(self, model: MoEFusion, device: str | torch.device = "auto") -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+
+    # -------------------------------------------------------------- constructors
+    @classmethod
+    def from_file(cls, path: str | Path, device: str | torch.device = "auto") -> Fuser:
+        """Load safetensors weights written by ``save_weights`` / ``moefusion train``."""
+        from moefusion.weights import load_weights
+
+        dev = resolve_device(device)
+        return cls(load_weights(path, device=dev), dev)
+
+    @classmethod
+    def pretrained(cls, device: str | torch.device = "auto") -> Fuser:
+        """The weights bundled with this package.
+
+        Raises:
+            MoEFusionError: this build ships no weights.
+        """
+        from moefusion.weights import bundled_weights_path
+
+        path = bundled_weights_path()
+        if path is None:
+            raise MoEFusionError(
+                "this moefusion build has no bundled weights; use Fuser.from_file(PATH) "
+                "with a .safetensors file written by `moefusion train` or save_weights()"
+            )
+        return cls.from_file(path, device)
+
+    # ---------------------------------------------------------------------- API
+    def fuse(
+        self,
+        ir: ImageInput | Sequence[ImageInput],
+        vi: ImageInput | Sequence[ImageInput],
+        *,
+        return_details: bool = False,
+        color: bool = False,
+        tile: int | None = None,
+        overlap: int | None = None,
+        batch_size: int = 1,
+        high_bit: str = "percentile",
+    ) -> Any:
+        """Fuse one pair, or a batch of pairs.
+
+        Args:
+            ir, vi: one image each, or equally long lists (or ``[B,C,H,W]`` tensors).
+            return_details: return :class:`FusionResult` objects instead of arrays.
+            color: return the colourised RGB fused image (the visible image's YCbCr
+                with Y replaced by the fused image) instead of the gray one.
+            tile: fuse in overlapping ``tile x tile`` tiles (bounded memory for large
+                images; see :mod:`moefusion.tiling`). None: the whole image at once.
+            overlap: tile overlap in pixels (default ``tile // 4``).
+            batch_size: pairs of the same size run through the network together.
+            high_bit: normalisation of 16-bit inputs (see ``to_unit_float``).
+
+        Returns:
+            one pair: ``HxW`` float32 in [0, 1] (``HxWx3`` with ``color``), or a
+            :class:`FusionResult` with ``return_details``; a batch: a list of those.
+
+        Raises:
+            MoEFusionError: unsupported inputs, pair size mismatch, bad tiling options.
+        """
+        ir_items, vi_items = _split_batch(ir), _split_batch(vi)
+        batched = ir_items is not None or vi_items is not None
+        if batched:
+            if ir_items is None or vi_items is None or len(ir_items) != len(vi_items):
+                raise MoEFusionError("ir and vi must both be single images or equally long batches")
+        else:
+            ir_items, vi_items = [ir], [vi]
+        assert ir_items is not None and vi_items is not None
+        if batch_size < 1:
+            raise MoEFusionError(f"batch_size must be >= 1, got {batch_size}")
+        if tile is not None:
+            try:
+                validate_tiling(tile, default_overlap(tile) if overlap is None else overlap)
+            except ValueError as exc:
+                raise MoEFusionError(str(exc)) from exc
+
+        prepared = [
+            self._prepare(a, b, i, color=color, high_bit=high_bit)
+            for i, (a, b) in enumerate(zip(ir_items, vi_items, strict=True))
+        ]
+        results = self._fuse_prepared(
+            prepared, tile=tile, overlap=overlap, batch_size=batch_size, details=return_details
+        )
+        outputs: list[Any] = []
+        for prep, res in zip(prepared, results, strict=True):
+            if color:
+                assert prep.vi_rgb is not None
+                res.color = colorize(res.fused, prep.vi_rgb)
+            if return_details:
+                outputs.append(res)
+            else:
+                outputs.append(res.color if color else res.fused)
+        return outputs if batched else outputs[0]
+
+    def fuse_color(
+        self,
+        ir: ImageInput | Sequence[ImageInput],
+        vi: ImageInput | Sequence[ImageInput],
+        **kwargs: Any,
+    ) -> Any:
+        """:meth:`fuse` with ``color=True``: ``HxWx3`` float32 RGB in [0, 1]."""
+        return self.fuse(ir, vi, color=True, **kwargs)
+
+    def fuse_arrays(
+        self,
+        ir: Sequence[np.ndarray],
+        vi: Sequence[np.ndarray],
+        *,
+        tile: int | None = None,
+        overlap: int | None = None,
+        batch_size: int = 1,
+        details: bool = False,
+    ) -> list[FusionResult]:
+        """Lower-level :meth:`fuse` for pre-normalised ``HxW`` float32 [0, 1] gray arrays.
+
+        Used by the CLI, which decodes files itself. Results always come as
+        :class:`FusionResult`; without ``details`` their ``gates`` and ``attention`` are
+        empty (``{}`` and a ``0x0`` array) to save the copies.
+        """
+        prepared = [
+            _Prepared(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32), None)
+            for a, b in zip(ir, vi, strict=True)
+        ]
+        for i, p in enumerate(prepared):
+            self._check_pair(p, i)
+        return self._fuse_prepared(
+            prepared, tile=tile, overlap=overlap, batch_size=batch_size, details=details
+        )
+
+    # --------------------------------------------------------------- internals
+    @staticmethod
+    def _check_pair(p: _Prepared, index: int) -> None:
+        if p.ir.shape != p.vi.shape or p.ir.ndim != 2:
+            raise PairError(
+                f"pair {index}: infrared is {_size(p.ir)} but visible is {_size(p.vi)} "
+                "(width x height); resize one of them first"
+            )
+
+    def _prepare(
+        self, ir: ImageInput, vi: ImageInput, index: int, *, color: bool, high_bit: str
+    ) -> _Prepared:
+        ir01 = to_unit_image(ir, high_bit=high_bit)
+        vi01 = to_unit_image(vi, high_bit=high_bit)
+        ir_gray = to_gray(ir01) if ir01.ndim == 3 else ir01
+        vi_gray = to_gray(vi01) if vi01.ndim == 3 else vi01
+        rgb = None
+        if color:
+            rgb = vi01 if vi01.ndim == 3 else np.repeat(vi01[..., None], 3, axis=2)
+        p = _Prepared(ir_gray, vi_gray, rgb)
+        self._check_pair(p, index)
+        return p
+
+    def _fuse_prepared(
+        self,
+        prepared: Sequence[_Prepared],
+        *,
+        tile: int | None,
+        overlap: int | None,
+        batch_size: int,
+        details: bool,
+    ) -> list[FusionResult]:
+        """Fuse checked pairs, batching same-size neighbours, in input order."""
+        results: list[FusionResult | None] = [None] * len(prepared)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, p in enumerate(prepared):
+            groups.setdefault(p.ir.shape, []).append(i)  # type: ignore[arg-type]
+        for indices in groups.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                out = self._run_batch(
+                    [prepared[i] for i in chunk], tile=tile, overlap=overlap, details=details
+                )
+                for i, r in zip(chunk, out, strict=True):
+                    results[i] = r
+        return [r for r in results if r is not None]
+
+    def _forward(self, ir: Tensor, vi: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        out = self.model(ir.to(self.device), vi.to(self.device))
+        return out.fused, out.attention, out.gates
+
+    @torch.inference_mode()
+    def _run_batch(
+        self,
+        batch: Sequence[_Prepared],
+        *,
+        tile: int | None,
+        overlap: int | None,
+        details: bool,
+    ) -> list[FusionResult]:
+        # from_numpy + [None, None] are views: a single big image is never copied here
+        if len(batch) == 1:
+            # (negative strides, e.g. a flipped view, are the one layout torch cannot wrap)
+            ir = torch.from_numpy(np.ascontiguousarray(batch[0].ir))[None, None]
+            vi = torch.from_numpy(np.ascontiguousarray(batch[0].vi))[None, None]
+        else:
+            ir = torch.from_numpy(np.stack([p.ir for p in batch]))[:, None]
+            vi = torch.from_numpy(np.stack([p.vi for p in batch]))[:, None]
+        n = len(batch)
+        tile_gates: list[dict[str, Tensor]] = []
+        tile_areas: list[int] = []
+
+        if tile is None:
+            fused, attention, gates = self._forward(ir, vi)
+            fused = fused.clamp(0.0, 1.0).float().cpu()
+            attention = attention.float().cpu()
+            gates = {k: v.float().cpu() for k, v in gates.items()}
+            num_tiles = 1
+        else:
+
+            def run_tile(ir_t: Tensor, vi_t: Tensor) -> Tensor:
+                f, a, g = self._forward(ir_t, vi_t)
+                tile_gates.append({k: v.float().cpu() for k, v in g.items()})
+                tile_areas.append(ir_t.shape[-2] * ir_t.shape[-1])
+                return torch.cat([f, a], dim=1).float().cpu() if details else f.float().cpu()
+
+            blended = fuse_tiled(run_tile, ir, vi, tile, overlap, out_channels=2 if details else 1)
+            fused = blended[:, :1].clamp_(0.0, 1.0)
+            attention = blended[:, 1:2] if details else blended[:, :0]
+            total = float(sum(tile_areas))
+            gates = {
+                k: sum(g[k] * (a / total) for g, a in zip(tile_gates, tile_areas, strict=True))
+                for k in (tile_gates[0] if tile_gates else {})
+            }
+            num_tiles = len(tile_gates)
+
+        results = []
+        for b in range(n):
+            res = FusionResult(
+                fused=fused[b, 0].numpy(),
+                gates={k: v[b].numpy() for k, v in gates.items()} if details else {},
+                attention=attention[b, 0].numpy() if details else np.zeros((0, 0), np.float32),
+                tiles=num_tiles,
+            )
+            if details and tile is not None:
+                res.tile_gates = [{k: v[b].numpy() for k, v in g.items()} for g in tile_gates]
+            results.append(res)
+        return results
+
+
+def _size(a: np.ndarray) -> str:
+    return f"{a.shape[1]}x{a.shape[0]}" if a.ndim >= 2 else str(a.shape)

@@ -1,0 +1,229 @@
+"""Fusing large images in overlapping tiles with smoothly blended seams.
+
+A tile of the output is computed from the same window of both inputs. Near a tile's
+*interior* edges (those inside the image) a convolutional network sees zero padding
+instead of the neighbouring pixels, so those pixels are wrong. Each tile is therefore
+weighted by a separable window that is
+
+- 0 within ``margin`` pixels of an interior edge (the unreliable band is dropped),
+- a raised-cosine ramp from ~0 to 1 over the next ``overlap - 2 * margin`` pixels,
+- 1 elsewhere, including along the image border (no neighbour exists there),
+
+and the output is ``sum_t w_t * f(tile_t) / sum_t w_t``. Consecutive tiles overlap by at
+least ``overlap`` pixels, so every pixel is at least ``(overlap - 1) / 2 >= margin``
+pixels away from the interior edges of some tile and gets a positive total weight. A
+function whose output at a pixel only depends on inputs within ``margin`` pixels (a
+stack of convolutions with that receptive-field radius) is then reproduced *exactly*;
+the ramp only matters for functions with global parts (MoE-Fusion's gates and attention
+branch), where it hides the seams.
+
+Memory: the output accumulator ``[B, C, H, W]`` is the only full-size buffer. Because
+tiles lie on a grid and windows are separable, the accumulated weight is the outer
+product of two 1-D sums and is never materialised at full resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_OVERLAP_FRACTION",
+    "MIN_TILE",
+    "Tile",
+    "axis_weights",
+    "default_margin",
+    "default_overlap",
+    "fuse_tiled",
+    "tile_grid",
+    "tile_starts",
+    "validate_tiling",
+]
+
+#: The default overlap is this fraction of the tile size.
+DEFAULT_OVERLAP_FRACTION = 4
+#: Smallest accepted tile side (the attention branch works on stride-32 features).
+MIN_TILE = 32
+
+TileFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: rows ``[top, bottom)`` and columns ``[left, right)`` of the image."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+
+def default_overlap(tile: int) -> int:
+    """``tile // 4``: 128 px for 512 px tiles."""
+    return tile // DEFAULT_OVERLAP_FRACTION
+
+
+def default_margin(overlap: int) -> int:
+    """``overlap // 4`` px dropped at interior tile edges (16 px for a 64 px overlap).
+
+    MoE-Fusion's fusion network (4 encoder + 2 MoLE + 4 MoGE 3x3 convolutions) has a
+    receptive-field radius of 10 px, so its convolutions are exact across seams once the
+    margin is >= 10, i.e. for overlaps >= 40 px.
+    """
+    return overlap // 4
+
+
+def validate_tiling(tile: int, overlap: int, margin: int | None = None) -> int:
+    """Check the tiling parameters and return the margin to use.
+
+    Raises:
+        ValueError: ``tile < MIN_TILE``, ``overlap`` outside ``[0, tile // 2]`` or a
+            margin that leaves no pixel with a positive weight (``2 * margin >= overlap``
+            while ``overlap > 0``).
+    """
+    if tile < MIN_TILE:
+        raise ValueError(f"tile must be >= {MIN_TILE} px, got {tile}")
+    if not 0 <= overlap <= tile // 2:
+        raise ValueError(f"overlap must be in [0, tile/2] = [0, {tile // 2}], got {overlap}")
+    margin = default_margin(overlap) if margin is None else margin
+    if margin < 0 or (overlap > 0 and 2 * margin >= overlap):
+        raise ValueError(f"margin must be in [0, overlap/2), got {margin} for overlap {overlap}")
+    return margin
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``min(tile, length)`` covering ``[0, length)``.
+
+    The number of tiles is the smallest that keeps consecutive tiles overlapping by at
+    least ``overlap``; starts are then spread evenly (the first at 0, the last at
+    ``length - tile``), so all overlaps are about equal instead of one thin last tile.
+    """
+    if length <= tile:
+        return [0]
+    count = 1 + math.ceil((length - tile) / (tile - overlap))
+    span = length - tile
+    return [round(i * span / (count - 1)) for i in range(count)]
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Row-major list of tiles covering a ``height x width`` image."""
+    rows = tile_starts(height, tile, overlap)
+    cols = tile_starts(width, tile, overlap)
+    th, tw = min(tile, height), min(tile, width)
+    return [Tile(r, r + th, c, c + tw) for r in rows for c in cols]
+
+
+def _ramp(length: int, margin: int, ramp: int) -> Tensor:
+    """Weights for distances ``0..length-1`` from an interior edge: 0, cosine ramp, 1."""
+    d = torch.arange(length, dtype=torch.float64)
+    # d = margin maps to a small positive weight, d = margin + ramp - 1 to just below 1
+    phase = ((d - margin + 1) / (ramp + 1)).clamp(0.0, 1.0)
+    w = 0.5 - 0.5 * torch.cos(math.pi * phase)
+    return torch.where(d < margin, torch.zeros_like(w), w)
+
+
+def axis_weights(start: int, size: int, length: int, overlap: int, margin: int) -> Tensor:
+    """1-D window ``[size]`` of a tile at ``start`` on an axis of ``length`` pixels.
+
+    Edges at ``0`` or ``length`` are image borders and keep weight 1; the others get
+    the margin + raised-cosine ramp (see the module docstring).
+    """
+    ramp_len = max(overlap - 2 * margin, 0)
+    w = torch.ones(size, dtype=torch.float64)
+    if overlap == 0:
+        return w
+    edge = _ramp(size, margin, ramp_len)
+    if start > 0:
+        w = w * edge
+    if start + size < length:
+        w = w * edge.flip(0)
+    return w
+
+
+def fuse_tiled(
+    fn: TileFn,
+    ir: Tensor,
+    vi: Tensor,
+    tile: int,
+    overlap: int | None = None,
+    *,
+    margin: int | None = None,
+    out_channels: int = 1,
+) -> Tensor:
+    """Apply ``fn`` tile by tile and blend the tiles into one image.
+
+    Args:
+        fn: ``fn(ir_tile [B,C1,h,w], vi_tile [B,C2,h,w]) -> [B, out_channels, h, w]``;
+            called once per tile, with views of the inputs (``fn`` may move them to
+            another device; its output is copied back to the inputs' device).
+        ir, vi: full-size inputs, ``[B, 1, H, W]`` for MoE-Fusion (any channel counts
+            C1, C2 are accepted, e.g. to carry an extra map along); any device, CPU for
+            big images.
+        tile: tile side in pixels (tiles are ``min(tile, H) x min(tile, W)``).
+        overlap: minimum overlap of consecutive tiles; default :func:`default_overlap`.
+        margin: pixels dropped at interior tile edges; default :func:`default_margin`.
+        out_channels: C of ``fn``'s output.
+
+    Returns:
+        ``[B, out_channels, H, W]`` float32 on the inputs' device. Equals ``fn(ir, vi)``
+        exactly (up to float rounding) when ``fn`` is local within ``margin`` pixels.
+
+    Raises:
+        ValueError: invalid tiling parameters or mismatched input shapes.
+    """
+    if ir.dim() != 4 or vi.dim() != 4 or ir.shape[0] != vi.shape[0] or ir.shape[2:] != vi.shape[2:]:
+        raise ValueError(
+            "ir and vi must be [B, C, H, W] with the same B, H, W; "
+            f"got {tuple(ir.shape)} and {tuple(vi.shape)}"
+        )
+    overlap = default_overlap(tile) if overlap is None else overlap
+    margin = validate_tiling(tile, overlap, margin)
+    batch, _, height, width = ir.shape
+    tiles = tile_grid(height, width, tile, overlap)
+    if len(tiles) == 1:
+        return fn(ir, vi).to(device=ir.device, dtype=torch.float32)
+
+    acc = torch.zeros(batch, out_channels, height, width, dtype=torch.float32, device=ir.device)
+    row_sum = torch.zeros(height, dtype=torch.float64)
+    col_sum = torch.zeros(width, dtype=torch.float64)
+    row_done: set[int] = set()
+    col_done: set[int] = set()
+    for t in tiles:
+        wy = axis_weights(t.top, t.height, height, overlap, margin)
+        wx = axis_weights(t.left, t.width, width, overlap, margin)
+        # every row band (and column band) appears once per grid column (row): count once
+        if t.top not in row_done:
+            row_sum[t.top : t.bottom] += wy
+            row_done.add(t.top)
+        if t.left not in col_done:
+            col_sum[t.left : t.right] += wx
+            col_done.add(t.left)
+        y = fn(
+            ir[..., t.top : t.bottom, t.left : t.right], vi[..., t.top : t.bottom, t.left : t.right]
+        )
+        if y.shape != (batch, out_channels, t.height, t.width):
+            raise ValueError(
+                f"tile function returned {tuple(y.shape)}, expected "
+                f"{(batch, out_channels, t.height, t.width)}"
+            )
+        window = (wy[:, None] * wx[None, :]).to(torch.float32)
+        acc[..., t.top : t.bottom, t.left : t.right] += y.to(acc.device, torch.float32) * window.to(
+            acc.device
+        )
+    # normalise in place by the separable weight sum: no full-size weight map is built
+    inv_cols = (1.0 / col_sum).to(torch.float32).to(acc.device)
+    inv_rows = (1.0 / row_sum).to(torch.float32).to(acc.device)
+    acc.mul_(inv_rows.view(-1, 1)).mul_(inv_cols)
+    return acc
