@@ -25,7 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fuse": ("fuse", "fuse infrared/visible pairs (files or folders) with trained weights"),
     "train": ("train", "train MoE-Fusion from a YAML config (PyTorch Lightning)"),
     "evaluate": ("evaluate", "compute fusion-quality metrics for one or more fused folders"),
-    "baseline": ("baseline", "fuse pairs with a classical method (average, max, pyramid, DWT, GFF)"),
+    "baseline": (
+        "baseline",
+        "fuse pairs with a classical method (average, max, pyramid, DWT, GFF)",
+    ),
     "detect-eval": ("detect_eval", "detection evaluation of fused images (paper Table 3)"),
     "export": ("export", "export the fusion network to ONNX or TorchScript"),
 }
