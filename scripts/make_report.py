@@ -99,8 +99,8 @@ def gate_report(gates_by_stem: dict[str, dict[str, np.ndarray]], split_test: set
                         "pairs": part,
                         "light": light,
                         "n": len(gs),
-                        "mean_weight": arr.mean(0).round(3).tolist(),
-                        "routed_share": (arr > 0).mean(0).round(3).tolist(),
+                        "mean_weight": [round(float(v), 3) for v in arr.mean(0)],
+                        "routed_share": [round(float(v), 3) for v in (arr > 0).mean(0)],
                     }
                 )
     fig, axes = plt.subplots(1, len(mixtures), figsize=(4 * len(mixtures), 3.2), squeeze=False)
@@ -236,6 +236,9 @@ def main() -> None:
         "![gates](report/gates_msrs.png)",
         "",
         "## Fusion time in this run",
+        "",
+        "Wall time of `Fuser.fuse` here, on whatever else the machine was doing; the controlled",
+        "benchmark is in [fuse.md](fuse.md).",
         "",
         *(
             f"- {k}: {v / max(1, len(split['datasets'][k]['test'])):.2f} s per pair (CPU, incl. attention branch)"
