@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +169,21 @@ def test_full_model_tiled_close_to_whole() -> None:
     assert tiled.shape == whole.shape
     assert float(diff.max()) < 0.05
     assert np.isfinite(tiled.numpy()).all()
+
+
+@pytest.mark.slow
+def test_release_weights_tiled_tolerance() -> None:
+    """docs/fuse.md's measured whole-vs-tiled difference, with the bundled weights."""
+    from moefusion.data import load_pair
+    from moefusion.fuser import Fuser
+    from moefusion.weights import bundled_weights_path
+
+    if bundled_weights_path() is None:
+        pytest.skip("this build has no bundled weights")
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    pair = load_pair(samples / "ir" / "00095D.png", samples / "vi" / "00095D.png")
+    fuser = Fuser.pretrained(device="cpu")
+    whole = fuser.fuse(pair.ir, pair.vi)
+    tiled = fuser.fuse(pair.ir, pair.vi, tile=512, overlap=128)
+    diff = np.abs(tiled - whole)[16:-16, 16:-16] * 255
+    assert diff.max() < 2.0 and diff.mean() < 0.5
