@@ -322,3 +322,22 @@ def test_cli_refuses_overlap_and_missing_fused(tmp_path: Path, capsys) -> None:
     assert rc == 2
     assert "e1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # fails before any training
+
+
+def test_training_is_seeded(tmp_path: Path) -> None:
+    from moefusion.config import load_run_config
+
+    root = tmp_path / "toy"
+    _dataset(root, ["a", "b", "c"], (64, 64))
+    train, _ = de.select_datasets([root], [], classes=CLASSES)
+    images = de.training_images(train)
+    overrides = [o for o in TINY if not o.startswith("threads")] + ["data.crop=48"]
+    config = load_run_config("detect_cpu", [o for o in overrides if o != "data.crop=null"])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = [de.train_detector(images, config, progress=False)[0] for _ in range(2)]
+    finally:
+        torch.set_num_threads(previous)
+    a, b = (m.state_dict() for m in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from moefusion.config import load_run_config
+from moefusion.training.module import apply_milestones
 from moefusion.training.run import train
 from moefusion.weights import load_checkpoint_model, load_weights
 
@@ -86,3 +87,50 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -
     # and the run really trained: epoch-1 weights differ from the final ones
     c = load_checkpoint_model(part / "checkpoints" / "epoch000.ckpt").state_dict()
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+def test_apply_milestones_sets_the_rate_the_new_schedule_implies() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[2], gamma=0.1)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
+    # extended schedule: no milestone reached yet at epoch 3 -> back to the base rate
+    apply_milestones(scheduler, [5, 7], 0.1)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    rates = []
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([1e-4, 1e-5, 1e-5, 1e-6, 1e-6])
+    # a milestone already passed decays the rate at once
+    apply_milestones(scheduler, [1], 0.5)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-5)
+
+
+@pytest.mark.slow
+@needs_shared
+def test_resumed_run_follows_the_config_schedule_not_the_checkpoints(tmp_path: Path) -> None:
+    common = ("trainer.limit_train_batches=1", "data.num_workers=0", "optim.lr=1e-4")
+    part = train(
+        small_cpu_config("trainer.max_epochs=1", "optim.milestones=[1]", *common),
+        tmp_path / "run",
+        progress=False,
+    )
+    last = part / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["optimizer_states"][0]["param_groups"][0][
+        "lr"
+    ] == pytest.approx(1e-5)
+    # extended: two more epochs with the decay moved later
+    resumed = train(
+        small_cpu_config("trainer.max_epochs=3", "optim.milestones=[3]", *common),
+        tmp_path / "run",
+        resume=last,
+        progress=False,
+    )
+    state = torch.load(resumed / "checkpoints" / "epoch001.ckpt", weights_only=False)
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert sorted(state["lr_schedulers"][0]["milestones"]) == [3]

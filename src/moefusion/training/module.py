@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -11,6 +13,24 @@ import torch
 from moefusion.losses import fusion_loss
 from moefusion.models import MoEFusion, MoEFusionConfig
 from moefusion.training.sampling import step_seed
+
+
+def apply_milestones(
+    scheduler: torch.optim.lr_scheduler.MultiStepLR, milestones: Sequence[int], gamma: float
+) -> None:
+    """Set a step schedule's milestones and the learning rates they imply now.
+
+    The rate for the scheduler's current epoch becomes ``base_lr * gamma ** n`` with
+    ``n`` the number of milestones already reached, as if the schedule had always been
+    this one.
+    """
+    scheduler.milestones = Counter(int(m) for m in milestones)
+    scheduler.gamma = gamma
+    reached = bisect.bisect_right(sorted(int(m) for m in milestones), scheduler.last_epoch)
+    optimizer = scheduler.optimizer
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base_lr * gamma**reached
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def batch_targets(batch: Mapping[str, Any]) -> list[dict[str, torch.Tensor] | None]:
@@ -65,6 +85,15 @@ class MoEFusionModule(L.LightningModule):
             for i, share in enumerate((gates > 0).float().mean(0).tolist()):
                 self.log(f"gates/{key}_e{i}", share, batch_size=bsz)
         return total
+
+    def on_train_start(self) -> None:
+        # A resumed run follows the *config's* schedule (the checkpoint stores the old
+        # milestones), so a run can be extended by raising max_epochs and milestones.
+        optim = self.run_config["optim"]
+        for scheduler_config in self.trainer.lr_scheduler_configs:
+            scheduler = scheduler_config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR):
+                apply_milestones(scheduler, optim["milestones"], float(optim["gamma"]))
 
     def configure_optimizers(self) -> Any:
         optim = self.run_config["optim"]
