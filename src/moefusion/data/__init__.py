@@ -1,48 +1,58 @@
-"""Data layer: image I/O, pair discovery, annotations, augmentation, datasets and splits."""
+"""Data layer: image I/O, pair discovery, annotations, augmentation, datasets and splits.
+
+Names are imported from their submodules on first use, so that importing the light parts
+(image I/O, pairs) does not import torch: ``moefusion --help`` stays fast.
+"""
 
 from __future__ import annotations
 
-from moefusion.data.annotations import (
-    Annotation,
-    LabelSource,
-    find_annotations,
-    load_coco,
-    load_voc,
-    load_yolo,
-    open_labels,
-    read_class_names,
-)
-from moefusion.data.color import colorize, rgb_to_ycbcr, ycbcr_to_rgb
-from moefusion.data.dataset import (
-    DEFAULT_CLASS_MAP,
-    DEFAULT_CLASSES,
-    PairedFusionDataset,
-    collate_pairs,
-)
-from moefusion.data.io import (
-    HIGH_BIT_MODES,
-    IMAGE_EXTENSIONS,
-    LoadedPair,
-    image_size,
-    is_image_file,
-    load_gray,
-    load_pair,
-    read_image,
-    save_gray_u8,
-    save_rgb_u8,
-    to_gray,
-    to_unit_float,
-)
-from moefusion.data.pairs import Pair, dataset_pairs, find_pairs, match_pairs
-from moefusion.data.splits import load_split, msrs_day_night, save_split, split_stems
-from moefusion.data.transforms import (
-    Compose,
-    RandomCrop,
-    RandomHorizontalFlip,
-    RandomResize,
-    RandomVerticalFlip,
-    Resize,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> submodule of moefusion.data that defines it
+_SOURCES: dict[str, str] = {
+    "Annotation": "annotations",
+    "Compose": "transforms",
+    "DEFAULT_CLASSES": "dataset",
+    "DEFAULT_CLASS_MAP": "dataset",
+    "HIGH_BIT_MODES": "io",
+    "IMAGE_EXTENSIONS": "io",
+    "LabelSource": "annotations",
+    "LoadedPair": "io",
+    "Pair": "pairs",
+    "PairedFusionDataset": "dataset",
+    "RandomCrop": "transforms",
+    "RandomHorizontalFlip": "transforms",
+    "RandomResize": "transforms",
+    "RandomVerticalFlip": "transforms",
+    "Resize": "transforms",
+    "collate_pairs": "dataset",
+    "colorize": "color",
+    "dataset_pairs": "pairs",
+    "find_annotations": "annotations",
+    "find_pairs": "pairs",
+    "image_size": "io",
+    "is_image_file": "io",
+    "load_coco": "annotations",
+    "load_gray": "io",
+    "load_pair": "io",
+    "load_split": "splits",
+    "load_voc": "annotations",
+    "load_yolo": "annotations",
+    "match_pairs": "pairs",
+    "msrs_day_night": "splits",
+    "open_labels": "annotations",
+    "read_class_names": "annotations",
+    "read_image": "io",
+    "rgb_to_ycbcr": "color",
+    "save_gray_u8": "io",
+    "save_rgb_u8": "io",
+    "save_split": "splits",
+    "split_stems": "splits",
+    "to_gray": "io",
+    "to_unit_float": "io",
+    "ycbcr_to_rgb": "color",
+}
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -87,3 +97,60 @@ __all__ = [
     "to_unit_float",
     "ycbcr_to_rgb",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SOURCES))
+
+
+if TYPE_CHECKING:
+    from moefusion.data.annotations import (
+        Annotation,
+        LabelSource,
+        find_annotations,
+        load_coco,
+        load_voc,
+        load_yolo,
+        open_labels,
+        read_class_names,
+    )
+    from moefusion.data.color import colorize, rgb_to_ycbcr, ycbcr_to_rgb
+    from moefusion.data.dataset import (
+        DEFAULT_CLASS_MAP,
+        DEFAULT_CLASSES,
+        PairedFusionDataset,
+        collate_pairs,
+    )
+    from moefusion.data.io import (
+        HIGH_BIT_MODES,
+        IMAGE_EXTENSIONS,
+        LoadedPair,
+        image_size,
+        is_image_file,
+        load_gray,
+        load_pair,
+        read_image,
+        save_gray_u8,
+        save_rgb_u8,
+        to_gray,
+        to_unit_float,
+    )
+    from moefusion.data.pairs import Pair, dataset_pairs, find_pairs, match_pairs
+    from moefusion.data.splits import load_split, msrs_day_night, save_split, split_stems
+    from moefusion.data.transforms import (
+        Compose,
+        RandomCrop,
+        RandomHorizontalFlip,
+        RandomResize,
+        RandomVerticalFlip,
+        Resize,
+    )
