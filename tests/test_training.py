@@ -109,6 +109,10 @@ def test_apply_milestones_sets_the_rate_the_new_schedule_implies() -> None:
     # a milestone already passed decays the rate at once
     apply_milestones(scheduler, [1], 0.5)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-5)
+    # a new base rate
+    apply_milestones(scheduler, [1], 0.5, base_lr=1e-3)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+    assert scheduler.base_lrs == [1e-3]
 
 
 @pytest.mark.slow
@@ -124,13 +128,15 @@ def test_resumed_run_follows_the_config_schedule_not_the_checkpoints(tmp_path: P
     assert torch.load(last, weights_only=False)["optimizer_states"][0]["param_groups"][0][
         "lr"
     ] == pytest.approx(1e-5)
-    # extended: two more epochs with the decay moved later
+    # extended: two more epochs with the decay moved later and a higher base rate
     resumed = train(
-        small_cpu_config("trainer.max_epochs=3", "optim.milestones=[3]", *common),
+        small_cpu_config("trainer.max_epochs=3", "optim.milestones=[3]", *common, "optim.lr=2e-4"),
         tmp_path / "run",
         resume=last,
         progress=False,
     )
     state = torch.load(resumed / "checkpoints" / "epoch001.ckpt", weights_only=False)
-    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(2e-4)
     assert sorted(state["lr_schedulers"][0]["milestones"]) == [3]
+    last = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(2e-5)

@@ -16,16 +16,23 @@ from moefusion.training.sampling import step_seed
 
 
 def apply_milestones(
-    scheduler: torch.optim.lr_scheduler.MultiStepLR, milestones: Sequence[int], gamma: float
+    scheduler: torch.optim.lr_scheduler.MultiStepLR,
+    milestones: Sequence[int],
+    gamma: float,
+    base_lr: float | None = None,
 ) -> None:
-    """Set a step schedule's milestones and the learning rates they imply now.
+    """Set a step schedule's milestones (and base rate) and the learning rates they imply now.
 
     The rate for the scheduler's current epoch becomes ``base_lr * gamma ** n`` with
     ``n`` the number of milestones already reached, as if the schedule had always been
-    this one.
+    this one. ``base_lr=None`` keeps the scheduler's base rates.
     """
     scheduler.milestones = Counter(int(m) for m in milestones)
     scheduler.gamma = gamma
+    if base_lr is not None:
+        scheduler.base_lrs = [base_lr] * len(scheduler.optimizer.param_groups)
+        for group in scheduler.optimizer.param_groups:
+            group["initial_lr"] = base_lr
     reached = bisect.bisect_right(sorted(int(m) for m in milestones), scheduler.last_epoch)
     optimizer = scheduler.optimizer
     for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
@@ -88,12 +95,14 @@ class MoEFusionModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         # A resumed run follows the *config's* schedule (the checkpoint stores the old
-        # milestones), so a run can be extended by raising max_epochs and milestones.
+        # rate and milestones), so a run can be extended or its rate changed.
         optim = self.run_config["optim"]
         for scheduler_config in self.trainer.lr_scheduler_configs:
             scheduler = scheduler_config.scheduler
             if isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR):
-                apply_milestones(scheduler, optim["milestones"], float(optim["gamma"]))
+                apply_milestones(
+                    scheduler, optim["milestones"], float(optim["gamma"]), float(optim["lr"])
+                )
 
     def configure_optimizers(self) -> Any:
         optim = self.run_config["optim"]
