@@ -25,6 +25,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
             "  moefusion train --config paper --data /data/M3FD --out runs/m3fd\n"
             "  moefusion train --config cpu optim.lr=2e-4 trainer.max_epochs=5\n"
             "  moefusion train --config cpu --out runs/cpu --resume auto\n"
+            "  moefusion train --config cpu --out runs/cpu --resume auto trainer.max_epochs=90 "
+            "'optim.milestones=[80, 86]'   # extend a finished run\n"
             "  multi-GPU: moefusion train --config paper trainer.devices=4 "
             "trainer.strategy=ddp_find_unused_parameters_true"
         ),
@@ -56,7 +58,11 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--resume",
         metavar="CKPT|auto",
         default=None,
-        help="continue an interrupted run from a checkpoint ('auto': <out>/checkpoints/last.ckpt)",
+        help=(
+            "continue a run from a checkpoint ('auto': <out>/checkpoints/last.ckpt); "
+            "max_epochs and the learning-rate schedule (optim.lr, optim.milestones, "
+            "optim.gamma) come from this command's config, so a run can be extended"
+        ),
     )
     p.add_argument("--seed", type=int, default=None, help="random seed (default from config)")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
