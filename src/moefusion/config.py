@@ -8,6 +8,7 @@ resolved dict that is saved beside every checkpoint.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,33 @@ from moefusion.errors import ConfigError
 CONFIG_PACKAGE = "moefusion.configs"
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float.
+
+    PyYAML follows YAML 1.1, whose floats need a dot (``1.0e-3``); ``optim.lr=1e-3``
+    would otherwise become the string ``"1e-3"``.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # safe: a SafeLoader subclass
+
+
 def available_configs() -> list[str]:
     """Names of the configs shipped with the package (``paper``, ``cpu``, ...)."""
     files = resources.files(CONFIG_PACKAGE)
@@ -28,7 +56,7 @@ def available_configs() -> list[str]:
 
 def _read_yaml(text: str, origin: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = _yaml_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -73,7 +101,7 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
         if not isinstance(node, dict) or parts[-1] not in node:
             raise ConfigError(f"override {item!r}: no key {key!r} in the config")
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
+            node[parts[-1]] = _yaml_load(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML") from exc
     return result

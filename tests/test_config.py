@@ -1,0 +1,45 @@
+"""Run configs: shipped YAML plus dotted overrides, numbers read the way users write them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moefusion.config import apply_overrides, load_config_file, load_run_config
+from moefusion.errors import ConfigError
+
+PRETRAINED_CONFIG = (
+    Path(__file__).resolve().parents[1]
+    / "src"
+    / "moefusion"
+    / "pretrained"
+    / "moefusion-cpu-v1.config.yaml"
+)
+
+
+def test_overrides_read_exponent_floats_and_lists() -> None:
+    config = load_run_config(
+        "cpu", ["optim.lr=1e-3", "optim.weight_decay=2E-5", "optim.milestones=[80, 86]"]
+    )
+    assert config["optim"]["lr"] == 1e-3 and isinstance(config["optim"]["lr"], float)
+    assert config["optim"]["weight_decay"] == 2e-5
+    assert config["optim"]["milestones"] == [80, 86]
+    assert load_run_config("cpu", ["data.crop=null"])["data"]["crop"] is None
+    # words stay strings, integers stay integers
+    assert apply_overrides({"a": 1}, ["a=e3"])["a"] == "e3"
+    assert apply_overrides({"a": 1}, ["a=12"])["a"] == 12
+
+
+def test_unknown_override_keys_fail() -> None:
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_run_config("cpu", ["optim.lrr=1e-3"])
+    with pytest.raises(ConfigError, match="key.subkey=value"):
+        load_run_config("cpu", ["optim.lr"])
+
+
+def test_shipped_run_config_reads_its_learning_rate_as_a_number() -> None:
+    # written as ``lr: 1e-3`` (the run's override): a float, not the string "1e-3"
+    optim = load_config_file(PRETRAINED_CONFIG)["optim"]
+    assert optim["lr"] == pytest.approx(1e-3)
+    assert isinstance(optim["lr"], float)
