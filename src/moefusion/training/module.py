@@ -27,16 +27,17 @@ def apply_milestones(
     ``n`` the number of milestones already reached, as if the schedule had always been
     this one. ``base_lr=None`` keeps the scheduler's base rates.
     """
-    scheduler.milestones = Counter(int(m) for m in milestones)
+    steps = sorted(int(m) for m in milestones)
+    optimizer = scheduler.optimizer
+    scheduler.milestones = Counter(steps)
     scheduler.gamma = gamma
     if base_lr is not None:
-        scheduler.base_lrs = [base_lr] * len(scheduler.optimizer.param_groups)
-        for group in scheduler.optimizer.param_groups:
+        scheduler.base_lrs = [base_lr] * len(optimizer.param_groups)
+        for group in optimizer.param_groups:
             group["initial_lr"] = base_lr
-    reached = bisect.bisect_right(sorted(int(m) for m in milestones), scheduler.last_epoch)
-    optimizer = scheduler.optimizer
-    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-        group["lr"] = base_lr * gamma**reached
+    reached = bisect.bisect_right(steps, scheduler.last_epoch)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * gamma**reached
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
