@@ -236,3 +236,23 @@ def test_backbone_weights(tmp_path: Path) -> None:
         build_backbone(det_config(backbone_weights=str(wrong)))
     with pytest.raises(ConfigError, match="not found"):
         build_backbone(det_config(backbone_weights=str(tmp_path / "missing.pth")))
+
+
+def test_backbone_weights_wrappers_and_prefix(tmp_path: Path) -> None:
+    from moefusion.models.detector_parts import load_backbone_weights
+
+    reference = torchvision.models.mobilenet_v3_small(weights=None)
+    wrapped = tmp_path / "wrapped.pt"
+    state = {f"module.{k}": v for k, v in reference.state_dict().items()}
+    torch.save({"state_dict": state}, wrapped)
+    net = build_backbone(
+        det_config(backbone="mobilenet_v3_small", backbone_weights=str(wrapped), backbone_norm="bn")
+    )
+    assert torch.equal(net.body["0"][0].weight, reference.features[0][0].weight)
+    # the classification head is dropped by the FPN extractor: it may be absent
+    target = torchvision.models.resnet18(weights=None)
+    headless = tmp_path / "headless.pth"
+    source = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save({k: v for k, v in source.items() if not k.startswith("fc.")}, headless)
+    load_backbone_weights(target, headless, "resnet18")
+    assert torch.equal(target.conv1.weight, source["conv1.weight"])

@@ -179,11 +179,13 @@ def test_cli_pairs_files_and_guards(tmp_path: Path, capsys: pytest.CaptureFixtur
     ]
     assert main([*files, "--out", str(tmp_path / "single"), "--no-progress"]) == 0
     assert (tmp_path / "single/a.png").is_file()
-    # unpaired stems are named
+    # unpaired stems are named, and the good pair is still fused (exit 1: some failed)
     _write(tmp_path / "ir/b.png", ir)
-    assert main([*base, "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
+    assert main([*base, "--out", str(tmp_path / "o2"), "--no-progress"]) == 1
     assert "no visible image for b" in capsys.readouterr().err
+    assert (tmp_path / "o2/a.png").is_file()
     # size mismatch is reported with the stem
     _write(tmp_path / "vi/b.png", vi[:8])
-    assert main([*base, "--out", str(tmp_path / "o3"), "--no-progress"]) == 2
+    assert main([*base, "--out", str(tmp_path / "o3"), "--no-progress"]) == 1
     assert "b: ir is 20x16 but vi is 20x8" in capsys.readouterr().err
+    assert (tmp_path / "o3/a.png").is_file() and not (tmp_path / "o3/b.png").exists()

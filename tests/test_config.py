@@ -27,7 +27,9 @@ def test_overrides_read_exponent_floats_and_lists() -> None:
     assert config["optim"]["milestones"] == [80, 86]
     assert load_run_config("cpu", ["data.crop=null"])["data"]["crop"] is None
     # words stay strings, integers stay integers
-    assert apply_overrides({"a": 1}, ["a=e3"])["a"] == "e3"
+    assert apply_overrides({"a": None}, ["a=e3"])["a"] == "e3"
+    with pytest.raises(ConfigError, match="must be a number"):  # a word over a number
+        apply_overrides({"a": 1}, ["a=e3"])
     assert apply_overrides({"a": 1}, ["a=12"])["a"] == 12
 
 

@@ -83,3 +83,36 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
         load_split(overlap)
     with pytest.raises(ConfigError, match="missing"):
         save_split(tmp_path / "x.json", {"seed": 0})
+
+
+def test_val_part_is_optional_and_disjoint(tmp_path: Path) -> None:
+    split = {
+        "seed": 0,
+        "test_fraction": 0.2,
+        "datasets": {"m": {"train": ["a", "b"], "val": ["c"], "test": ["d"]}},
+    }
+    path = save_split(tmp_path / "v.json", split)
+    assert load_split(path)["datasets"]["m"]["val"] == ["c"]
+    split["datasets"]["m"]["val"] = ["a"]
+    path.write_text(json.dumps(split))
+    with pytest.raises(ConfigError, match="both train and val: a"):
+        load_split(path)
+
+
+def test_shipped_v2_split_keeps_v1_held_out(tmp_path: Path) -> None:
+    from importlib import resources
+
+    folder = resources.files("moefusion.configs.splits")
+    v1 = json.loads((folder / "shared-data-v1.json").read_text())["datasets"]
+    v2 = json.loads((folder / "shared-data-v2.json").read_text())["datasets"]
+    assert set(v2) == set(v1) | {"tno_extra", "vifb"}
+    for name, parts in v1.items():
+        assert v2[name]["test"] == parts["test"]
+        assert sorted(v2[name]["train"] + v2[name]["val"]) == parts["train"]
+    tno = v2["tno_extra"]
+    # sequences stay whole: Tree held out, Duine trained on, none in val
+    assert all(s in tno["test"] for s in tno["train"] + tno["test"] if s.startswith("seq_tree"))
+    assert not any(s.startswith("seq_") for s in tno["val"])
+    assert not any(s.startswith("seq_tree") for s in tno["train"])
+    for parts in v2.values():
+        assert parts["val"] and parts["test"]

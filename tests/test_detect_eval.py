@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from moefusion import detection_eval as de
+from moefusion import detection as de
 from moefusion.cli import main
+from moefusion.detection import protocol
 from moefusion.errors import ConfigError, MoEFusionError
 
 CLASSES = ["car", "person", "bicycle"]
@@ -288,7 +289,7 @@ def test_cli_end_to_end_then_reuse_detector(tmp_path: Path, monkeypatch, capsys)
     def no_training(*a, **k):
         raise AssertionError("--detector must not retrain")
 
-    monkeypatch.setattr(de, "train_detector", no_training)
+    monkeypatch.setattr(protocol, "train_detector", no_training)
     out2 = tmp_path / "out2"
     det = str(out / "detector.safetensors")
     rc = main([*args, "--detector", det, "--out", str(out2), "--no-progress", "threads=1"])
@@ -341,3 +342,85 @@ def test_training_is_seeded(tmp_path: Path) -> None:
         torch.set_num_threads(previous)
     a, b = (m.state_dict() for m in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ typed config
+
+
+def test_config_defaults_are_detect_cpu() -> None:
+    from moefusion.config import load_config_file
+
+    assert de.DetectConfig.from_dict(load_config_file("detect_cpu")) == de.DetectConfig()
+    paper = de.DetectConfig.from_dict(load_config_file("detect_paper"))
+    assert paper.model.backbone == "resnet50" and paper.train.milestones == (8, 11)
+    # round trip through the dict saved beside a detector
+    assert de.DetectConfig.from_dict(paper.to_dict()) == paper
+    assert json.loads(json.dumps(paper.to_dict())) == paper.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"bogus": 1}, r"unknown detect config key\(s\): bogus; known: seed"),
+        ({"model": {"fpn_chanels": 8}}, r"model\.fpn_chanels; known in model: backbone"),
+        ({"train": {"epochs": "many"}}, r"train\.epochs must be a number"),
+        ({"data": {"classes": ["car", "Car"]}}, "distinct"),
+        ({"model": {"norm": "layer"}}, "model.norm must be batch, group or frozen"),
+        ({"train": {"optimizer": "adam"}}, "train.optimizer must be sgd or adamw"),
+        ({"model": {"anchor_sizes": [16, 32]}}, "needs 5 entries"),
+        ({"data": "x"}, "must be a mapping"),
+    ],
+)
+def test_config_refuses_unknown_keys_and_bad_values(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        de.DetectConfig.from_dict(data)
+
+
+def test_config_converts_yaml_values() -> None:
+    cfg = de.DetectConfig.from_dict(
+        {"data": {"hflip": 0, "crop": None, "scale_jitter": None}, "train": {"lr": "1e-3"}}
+    )
+    assert cfg.data.hflip == 0.0 and isinstance(cfg.data.hflip, float)
+    assert cfg.data.crop is None and cfg.data.scale_jitter is None
+    assert cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.data.image_size == 512  # missing keys take the defaults
+
+
+def test_saved_config_without_image_size_uses_the_default(tmp_path: Path) -> None:
+    det = tmp_path / "old.safetensors"
+    det.write_bytes(b"")  # only the sidecar is read here
+    info = {"format": de.DETECTOR_FORMAT, "classes": CLASSES, "config": {"data": {}}}
+    det.with_suffix(".json").write_text(json.dumps(info))
+    cfg, read = de.effective_config(de.DetectConfig.from_dict({"data": {"image_size": 96}}), det)
+    assert cfg.data.image_size == 512 and read is not None and read["classes"] == CLASSES
+    with pytest.raises(MoEFusionError, match="trained for classes"):
+        de.effective_config(de.DetectConfig.from_dict({"data": {"classes": ["car"]}}), det)
+
+
+def test_cli_refuses_unknown_config_key(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from moefusion.config import load_config_file
+
+    raw = load_config_file("detect_cpu")
+    raw["train"]["epoch"] = 3
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    rc = main(["detect-eval", "--test", str(tmp_path), "--config", str(path)])
+    assert rc == 2
+    assert "unknown detect config key(s): train.epoch" in capsys.readouterr().err
+
+
+def test_detector_uses_the_shared_backbone_weight_loader(tmp_path: Path) -> None:
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None)
+    # a DataParallel checkpoint wrapped in {"model": ...}, without the classifier
+    state = {f"module.{k}": v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    path = tmp_path / "r18.pth"
+    torch.save({"model": state}, path)
+    cfg = de.ModelConfig(backbone_weights=str(path), fpn_channels=16, box_representation=32)
+    model = de.build_detector(cfg, len(CLASSES))
+    assert torch.equal(model.backbone.body.conv1.weight, reference.conv1.weight)
+    with pytest.raises(ConfigError, match="not found"):
+        de.build_detector(de.ModelConfig(backbone_weights=str(tmp_path / "none.pth")), 3)

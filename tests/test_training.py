@@ -19,10 +19,11 @@ needs_shared = pytest.mark.skipif(not (SHARED / "msrs").is_dir(), reason="../sha
 
 
 def small_cpu_config(*overrides: str) -> dict:
-    """The shipped ``cpu`` config on MSRS with tiny crops so a run takes seconds."""
+    """The shipped ``cpu`` config on MSRS with tiny crops so a run takes seconds (joint)."""
     return load_run_config(
         "cpu",
         [
+            "schedule=joint",
             f"data.datasets=[{{root: {SHARED / 'msrs'}, label_set: infrared}}]",
             "data.crop=64",
             "model.detector.fpn_channels=16",

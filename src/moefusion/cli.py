@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 # Busy-waiting OpenMP threads make torch several times slower on a shared or small
 # machine; passive waiting costs nothing measurable when the machine is idle.
@@ -53,20 +54,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 1 done but some items failed (the command says
+    which), 2 a usage or input error (one line on stderr, nothing written), 130 interrupted.
+
+    Set ``MOEFUSION_DEBUG=1`` to get the full traceback of file-system and memory errors.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    prefix = f"moefusion {args.command}"
+    original_format = warnings.formatwarning
+
+    def one_line_warning(message, category, filename, lineno, line=None) -> str:
+        return f"{prefix}: warning: {' '.join(str(message).split())}\n"
+
+    warnings.formatwarning = one_line_warning
+    debug = os.environ.get("MOEFUSION_DEBUG", "") not in ("", "0")
     try:
         return int(args._run(args) or 0)
     except MoEFusionError as exc:
-        print(f"moefusion {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:
+        if debug:
+            raise
+        print(f"{prefix}: error: out of memory ({_one_line(exc)})", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permission denied, ... after the checks passed
+        if debug:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"{prefix}: error: {exc.strerror or _one_line(exc)}{where}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.formatwarning = original_format
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -81,11 +81,71 @@ def load_config_file(name_or_path: str | Path) -> dict[str, Any]:
     return _read_yaml(resource.read_text(), f"config {name!r}")
 
 
+#: Keys whose numeric default may also be given as text (``trainer.devices=auto``).
+TEXT_ALLOWED: frozenset[str] = frozenset({"trainer.devices", "trainer.precision"})
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true/false"
+    if _is_number(v):
+        return "a number"
+    if isinstance(v, str):
+        return "text"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "a mapping"
+    return type(v).__name__
+
+
+def _check_value(item: str, key: str, old: Any, new: Any) -> None:
+    """Refuse a value of another kind than the config's (``optim.lr=fast``, ``data.crop=abc``).
+
+    Numbers may replace numbers or lists (``data.crop=[256, 320]``) and anything may
+    replace or be replaced by ``null``; a list of numbers must stay numbers.
+    """
+    if old is None or new is None:
+        return
+    problem = None
+    if isinstance(old, bool):
+        if not isinstance(new, bool):
+            problem = "true or false"
+    elif _is_number(old):
+        if not (_is_number(new) or isinstance(new, list)) and not (
+            isinstance(new, str) and key in TEXT_ALLOWED
+        ):
+            problem = "a number"
+    elif isinstance(old, list):
+        if not (isinstance(new, list) or _is_number(new)):
+            problem = "a list, e.g. [1, 2]"
+        elif (
+            isinstance(new, list)
+            and old
+            and all(_is_number(x) for x in old)
+            and not all(_is_number(x) for x in new)
+        ):
+            problem = "a list of numbers"
+    elif isinstance(old, dict) and not isinstance(new, dict):
+        problem = "a mapping, e.g. {a: 1}"
+    if problem is not None:
+        raise ConfigError(
+            f"override {item!r}: {key} must be {problem} (the config has {old!r}), "
+            f"got {_kind(new)}: {new!r}"
+        )
+
+
 def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Return a copy of ``config`` with ``a.b.c=value`` overrides applied.
 
     Values are parsed as YAML (``3`` -> int, ``[1, 2]`` -> list, ``null`` -> None). A key
-    must already exist, so that typos fail loudly instead of being ignored.
+    must already exist, so that typos fail loudly instead of being ignored, and the value
+    must be of the same kind as the config's (a number for a number...; see
+    :func:`_check_value`).
     """
     result = copy.deepcopy(dict(config))
     for item in overrides:
@@ -101,9 +161,11 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
         if not isinstance(node, dict) or parts[-1] not in node:
             raise ConfigError(f"override {item!r}: no key {key!r} in the config")
         try:
-            node[parts[-1]] = _yaml_load(raw)
+            value = _yaml_load(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML") from exc
+        _check_value(item, key.strip(), node[parts[-1]], value)
+        node[parts[-1]] = value
     return result
 
 

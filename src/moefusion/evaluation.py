@@ -8,7 +8,10 @@ Reusable from Python (a report script calls these)::
 
 Images are paired by file stem. Colour images are turned to gray the way each
 convention's reference toolbox does (:func:`moefusion.metrics.to_gray_u8`). Means are
-plain means over images of the per-image values, as the reference scripts compute them.
+plain means over images of the per-image values, as the reference scripts compute them,
+except that undefined values (NaN, and the infinite PSNR of a fused image equal to a
+source) are left out: the per-image table marks them in its ``undefined`` column and the
+summaries give the number of images each mean is over (:attr:`Summary.counts`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from moefusion.atomic import atomic_open, atomic_write_text
+from moefusion.data.io import IMAGE_EXTENSIONS
 from moefusion.errors import ImageReadError, MoEFusionError, PairError
 from moefusion.metrics import (
     CONVENTION_DESCRIPTIONS,
@@ -37,8 +42,19 @@ from moefusion.metrics import (
 )
 from moefusion.metrics.conventions import get_convention
 
-#: File extensions read as images (case-insensitive).
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "EvaluationResults",
+    "Summary",
+    "check_output_outside",
+    "evaluate_folders",
+    "markdown_table",
+    "output_files",
+    "parse_resize",
+    "summarise",
+    "undefined_values",
+    "write_tables",
+]
 #: Resize modes besides an explicit ``WxH``.
 RESIZE_MODES: tuple[str, ...] = ("source", "fused")
 #: Markdown marking of the best, second and third value of each metric.
@@ -70,7 +86,13 @@ def _read_u8(path: Path) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError as exc:
         raise ImageReadError(f"image file not found: {path}") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
@@ -86,7 +108,7 @@ def _list_images(folder: Path, role: str) -> dict[str, Path]:
     found: dict[str, Path] = {}
     clashes: list[str] = []
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
             if p.stem in found:
                 clashes.append(f"{found[p.stem].name} / {p.name}")
             found[p.stem] = p
@@ -288,7 +310,11 @@ def _match_sizes(
 @dataclass(frozen=True)
 class Summary:
     """Means over images per method, and the rank per metric (1 best .. 3; 0 for the rest,
-    and for every method when only one is evaluated)."""
+    and for every method when only one is evaluated).
+
+    ``counts[method][metric]`` is the number of images with a defined (finite) value that
+    the mean is over; None means all ``n_images``. A mean over no image is NaN.
+    """
 
     convention: str
     description: str
@@ -296,6 +322,13 @@ class Summary:
     n_images: int
     means: dict[str, dict[str, float]]
     ranks: dict[str, dict[str, int]]
+    counts: dict[str, dict[str, int]] | None = None
+
+    def count(self, method: str, metric: str) -> int:
+        """Images the mean of ``metric`` for ``method`` is over."""
+        if self.counts is None:
+            return self.n_images
+        return self.counts[method][metric]
 
 
 def _rank(values: Mapping[str, float], higher_is_better: bool) -> dict[str, int]:
@@ -310,32 +343,54 @@ def _rank(values: Mapping[str, float], higher_is_better: bool) -> dict[str, int]
     return ranks
 
 
-def _mean(xs: Iterable[float]) -> float:
+def _mean(xs: Iterable[float]) -> tuple[float, int]:
+    """(mean of the finite values, their number); NaN when there is none."""
     arr = np.array(list(xs), dtype=np.float64)
-    return float(arr.mean()) if arr.size else math.nan
+    arr = arr[np.isfinite(arr)]
+    return (float(arr.mean()) if arr.size else math.nan), int(arr.size)
+
+
+def undefined_values(results: EvaluationResults) -> list[tuple[str, str, str, str, float]]:
+    """Every non-finite per-image value: (convention, method, stem, metric, value)."""
+    out = []
+    for c in results.conventions:
+        for m in results.methods:
+            for s in results.stems:
+                for k, v in results.values[c][m][s].items():
+                    if not math.isfinite(v):
+                        out.append((c, m, s, k, v))
+    return out
 
 
 def summarise(results: EvaluationResults) -> dict[str, Summary]:
-    """{convention: Summary} with the mean over images of each metric per method."""
+    """{convention: Summary} with the mean over images of each metric per method.
+
+    Undefined (non-finite) per-image values are left out of the means; the number of
+    images each mean is over is in :attr:`Summary.counts`.
+    """
     out = {}
     for c in results.conventions:
         metrics = get_convention(c).metrics
-        means = {
+        pairs = {
             m: {k: _mean(results.values[c][m][s][k] for s in results.stems) for k in metrics}
             for m in results.methods
         }
+        means = {m: {k: v[0] for k, v in d.items()} for m, d in pairs.items()}
+        counts = {m: {k: v[1] for k, v in d.items()} for m, d in pairs.items()}
         ranks: dict[str, dict[str, int]] = {m: dict.fromkeys(metrics, 0) for m in results.methods}
         if len(results.methods) > 1:  # a lone method is not "best" of anything
             for k in metrics:
                 col = {m: means[m][k] for m in results.methods}
                 for m, r in _rank(col, HIGHER_IS_BETTER[k]).items():
                     ranks[m][k] = r
-        out[c] = Summary(c, CONVENTION_DESCRIPTIONS[c], metrics, len(results.stems), means, ranks)
+        out[c] = Summary(
+            c, CONVENTION_DESCRIPTIONS[c], metrics, len(results.stems), means, ranks, counts
+        )
     return out
 
 
 def _fmt(v: float) -> str:
-    return "nan" if math.isnan(v) else f"{v:.4f}"
+    return "undefined" if not math.isfinite(v) else f"{v:.4f}"
 
 
 def _json_safe(v: float) -> float | None:
@@ -347,10 +402,18 @@ def markdown_table(summary: Summary) -> str:
     arrows = {k: ("↑" if HIGHER_IS_BETTER[k] else "↓") for k in summary.metrics}
     head = "| method | " + " | ".join(f"{k} {arrows[k]}" for k in summary.metrics) + " |"
     sep = "|---|" + "---:|" * len(summary.metrics)
+    partial = any(
+        summary.count(m, k) != summary.n_images for m in summary.means for k in summary.metrics
+    )
+    note = (
+        " (n/N): the mean is over the n images whose value is defined (not NaN or infinite)."
+        if partial
+        else ""
+    )
     lines = [
         f"Convention: {summary.description}",
         "",
-        f"Mean over {summary.n_images} image(s). {MARKING_NOTE}",
+        f"Mean over {summary.n_images} image(s){note} {MARKING_NOTE}",
         "",
         head,
         sep,
@@ -359,9 +422,25 @@ def markdown_table(summary: Summary) -> str:
         cells = []
         for k in summary.metrics:
             pre, post = RANK_MARKS.get(summary.ranks[m][k], ("", ""))
-            cells.append(f"{pre}{_fmt(means[k])}{post}")
+            n = summary.count(m, k)
+            count = f" ({n}/{summary.n_images})" if n != summary.n_images else ""
+            cells.append(f"{pre}{_fmt(means[k])}{post}{count}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def output_files(out_dir: Path, conventions: Iterable[str]) -> list[Path]:
+    """The files :func:`write_tables` writes for ``conventions``."""
+    return [
+        out_dir / f"{kind}_{c}.{ext}"
+        for c in conventions
+        for kind, ext in (
+            ("per_image", "csv"),
+            ("summary", "md"),
+            ("summary", "csv"),
+            ("summary", "json"),
+        )
+    ]
 
 
 def write_tables(
@@ -369,30 +448,45 @@ def write_tables(
 ) -> list[Path]:
     """Write per-image CSV and summary Markdown/CSV/JSON per convention; returns the paths.
 
-    Files: ``per_image_<conv>.csv`` (method, stem, metrics), ``summary_<conv>.md``,
-    ``summary_<conv>.csv`` (means and ``<metric>_rank`` columns), ``summary_<conv>.json``.
+    Files: ``per_image_<conv>.csv`` (method, stem, metrics, ``undefined``: the metrics
+    whose value is NaN or infinite for that image), ``summary_<conv>.md``,
+    ``summary_<conv>.csv`` (means, ``<metric>_rank`` and ``<metric>_n`` columns, n = the
+    images each mean is over), ``summary_<conv>.json``. Each file is written to a
+    temporary name and renamed when complete.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for c, s in summaries.items():
         per_image = out_dir / f"per_image_{c}.csv"
-        with per_image.open("w", newline="") as fh:
+        with atomic_open(per_image, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["method", "stem", *s.metrics])
+            w.writerow(["method", "stem", *s.metrics, "undefined"])
             for row in results.rows(c):
-                w.writerow([row["method"], row["stem"], *(repr(float(row[k])) for k in s.metrics)])
+                vals = [float(row[k]) for k in s.metrics]
+                bad = " ".join(
+                    k for k, v in zip(s.metrics, vals, strict=True) if not math.isfinite(v)
+                )
+                w.writerow([row["method"], row["stem"], *(repr(v) for v in vals), bad])
         md = out_dir / f"summary_{c}.md"
-        md.write_text(f"# Fusion metrics, convention `{c}`\n\n" + markdown_table(s))
+        atomic_write_text(md, f"# Fusion metrics, convention `{c}`\n\n" + markdown_table(s))
         summary_csv = out_dir / f"summary_{c}.csv"
-        with summary_csv.open("w", newline="") as fh:
+        with atomic_open(summary_csv, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["method", *s.metrics, *(f"{k}_rank" for k in s.metrics)])
+            w.writerow(
+                [
+                    "method",
+                    *s.metrics,
+                    *(f"{k}_rank" for k in s.metrics),
+                    *(f"{k}_n" for k in s.metrics),
+                ]
+            )
             for m in results.methods:
                 w.writerow(
                     [
                         m,
                         *(repr(s.means[m][k]) for k in s.metrics),
                         *(s.ranks[m][k] for k in s.metrics),
+                        *(s.count(m, k) for k in s.metrics),
                     ]
                 )
         js = out_dir / f"summary_{c}.json"
@@ -404,8 +498,9 @@ def write_tables(
             "resize": list(results.resize) if isinstance(results.resize, tuple) else results.resize,
             "higher_is_better": {k: HIGHER_IS_BETTER[k] for k in s.metrics},
             "means": {m: {k: _json_safe(v) for k, v in d.items()} for m, d in s.means.items()},
+            "n_defined": {m: {k: s.count(m, k) for k in s.metrics} for m in s.means},
             "ranks": s.ranks,
         }
-        js.write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(js, json.dumps(payload, indent=2) + "\n")
         written += [per_image, md, summary_csv, js]
     return written

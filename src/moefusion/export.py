@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from moefusion.atomic import atomic_path
 from moefusion.errors import MoEFusionError
 from moefusion.models import MoEFusion, prepare_for_export
 
@@ -48,6 +49,9 @@ __all__ = [
 
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 DEFAULT_OPSET = 17
+#: Opsets the TorchScript-based ONNX exporter can write this graph in (the summed-area
+#: gate pooling needs ``CumSum``, opset 11).
+MIN_OPSET, MAX_OPSET = 11, 20
 #: Trace input ``[B, 1, H, W]``: batch > 1 and sizes that are neither multiples of 32
 #: (detector padding) nor of the gate grid, so nothing size-specific is frozen.
 TRACE_SHAPE = (2, 1, 77, 123)
@@ -96,14 +100,66 @@ def _quiet_tracing() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _no_graph_dump() -> Iterator[None]:
+    """The TorchScript-based exporter dumps the whole graph (~1,700 lines) to stderr when
+    it fails (its ONNX log is always on: ``setup_onnx_logging`` tests a function object
+    for truth); silence that log, the one-line error says what went wrong."""
+    original = getattr(torch._C, "_jit_onnx_log", None)
+    if original is None:
+        yield
+        return
+    torch._C._jit_onnx_log = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        torch._C._jit_onnx_log = original
+
+
+def check_opset(opset: int) -> None:
+    """Raise :class:`MoEFusionError` unless ``opset`` is in ``MIN_OPSET..MAX_OPSET``."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise MoEFusionError(
+            f"ONNX opset {opset} is not supported: choose {MIN_OPSET}..{MAX_OPSET} "
+            f"(default {DEFAULT_OPSET})"
+        )
+
+
+def check_weights_finite(model: nn.Module) -> None:
+    """Refuse to export a model whose parameters or buffers hold NaN or infinite values."""
+    bad = [
+        name
+        for name, t in [*model.named_parameters(), *model.named_buffers()]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise MoEFusionError(
+            f"the model has NaN or infinite weights ({', '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''}); nothing was exported"
+        )
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception message (the exporter appends whole graphs)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def export_torchscript(model: MoEFusion, path: str | Path, *, with_attention: bool = False) -> Path:
-    """Trace the inference model and save it as TorchScript (load with ``torch.jit.load``)."""
+    """Trace the inference model and save it as TorchScript (load with ``torch.jit.load``).
+
+    The file is written to a temporary name beside ``path`` and renamed when complete.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_weights_finite(model)
     wrapper = InferenceWrapper(model, with_attention=with_attention)
-    with _quiet_tracing(), torch.no_grad():
-        traced = torch.jit.trace(wrapper, _example(), check_trace=False)
-        torch.jit.save(traced, str(path))
+    try:
+        with _quiet_tracing(), torch.no_grad(), atomic_path(path) as tmp:
+            traced = torch.jit.trace(wrapper, _example(), check_trace=False)
+            torch.jit.save(traced, str(tmp))
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise MoEFusionError(f"TorchScript export failed: {_first_line(exc)}") from exc
     return path
 
 
@@ -115,18 +171,22 @@ def export_onnx(
     with_attention: bool = False,
 ) -> Path:
     """Export to ONNX with dynamic batch, height and width (inputs ``ir``, ``vi``;
-    outputs ``fused`` and, with ``with_attention``, ``attention``)."""
+    outputs ``fused`` and, with ``with_attention``, ``attention``).
+
+    The file is written to a temporary name beside ``path`` and renamed when complete.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_opset(opset)
+    check_weights_finite(model)
     wrapper = InferenceWrapper(model, with_attention=with_attention)
     outputs = ["fused", "attention"] if with_attention else ["fused"]
     axes = {0: "batch", 2: "height", 3: "width"}
     try:
-        with _quiet_tracing(), torch.no_grad():
+        with _quiet_tracing(), _no_graph_dump(), torch.no_grad(), atomic_path(path) as tmp:
             torch.onnx.export(
                 wrapper,
                 _example(),
-                str(path),
+                str(tmp),
                 dynamo=False,
                 opset_version=opset,
                 input_names=["ir", "vi"],
@@ -134,7 +194,7 @@ def export_onnx(
                 dynamic_axes={name: axes for name in ["ir", "vi", *outputs]},
             )
     except Exception as exc:  # the exporter raises many types; report them as one
-        raise MoEFusionError(f"ONNX export failed (opset {opset}): {exc}") from exc
+        raise MoEFusionError(f"ONNX export failed (opset {opset}): {_first_line(exc)}") from exc
     return path
 
 

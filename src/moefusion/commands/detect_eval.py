@@ -114,17 +114,18 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moefusion.detection_eval import run_detection_eval
+    from moefusion.detection import DetectConfig, run_detection_eval
     from moefusion.training.data import resolve_split
 
-    config = load_run_config(args.config, args.overrides)
+    raw = load_run_config(args.config, args.overrides)
     if args.classes is not None:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
         if not classes:
             raise MoEFusionError(f"--classes: no class names in {args.classes!r}")
-        config["data"]["classes"] = classes
+        raw.setdefault("data", {})["classes"] = classes
     if args.seed is not None:
-        config["seed"] = args.seed
+        raw["seed"] = args.seed
+    config = DetectConfig.from_dict(raw)
     fused = dict(args.fused)
     if len(fused) != len(args.fused):
         names = [n for n, _ in args.fused]

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from moefusion.atomic import check_writable
 from moefusion.errors import MoEFusionError
 from moefusion.evaluation import (
+    EvaluationResults,
+    _check_conventions,
     check_output_outside,
     evaluate_folders,
     markdown_table,
+    output_files,
     parse_resize,
     summarise,
+    undefined_values,
     write_tables,
 )
 from moefusion.metrics import CONVENTIONS
+
+#: How many undefined values the warning names.
+_LISTED = 6
 
 
 def _parse_fused(specs: list[str]) -> dict[str, Path]:
@@ -73,18 +82,46 @@ def add_parser(
         help="when sizes differ: 'source' resizes the sources to the fused size, 'fused' the "
         "fused image to the source size, WxH all three (cv2 bilinear); default: sizes must match",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace existing tables in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
+
+
+def _warn_undefined(results: EvaluationResults) -> None:
+    bad = undefined_values(results)
+    if not bad:
+        return
+    listed = ", ".join(f"{c} {k} of {s} ({m}) = {v}" for c, m, s, k, v in bad[:_LISTED]) + (
+        f" (+{len(bad) - _LISTED} more)" if len(bad) > _LISTED else ""
+    )
+    print(
+        f"moefusion evaluate: warning: {len(bad)} per-image value(s) are undefined (NaN or "
+        f"infinite, e.g. a constant fused image) and left out of the means, whose image "
+        f"counts are given as (n/N): {listed}",
+        file=sys.stderr,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     fused = _parse_fused(args.fused)
     resize = parse_resize(args.resize)
     check_output_outside(args.out, [args.ir, args.vi, *fused.values()])
+    conventions = _check_conventions(args.convention)
+    if args.out.exists() and not args.out.is_dir():
+        raise MoEFusionError(f"--out {args.out} exists and is not a folder")
+    existing = [p for p in output_files(args.out, conventions) if p.exists()]
+    if existing and not args.overwrite:
+        raise MoEFusionError(
+            f"{len(existing)} result file(s) already exist in {args.out} "
+            f"({', '.join(p.name for p in existing[:4])}"
+            f"{' ...' if len(existing) > 4 else ''}); pass --overwrite to replace them"
+        )
+    check_writable(args.out, "output folder")
     results = evaluate_folders(
-        args.ir, args.vi, fused, args.convention, resize=resize, progress=not args.no_progress
+        args.ir, args.vi, fused, conventions, resize=resize, progress=not args.no_progress
     )
     summaries = summarise(results)
+    _warn_undefined(results)
     written = write_tables(results, summaries, args.out)
     if results.skipped_sources:
         print(

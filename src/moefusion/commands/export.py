@@ -47,17 +47,24 @@ def run(args: argparse.Namespace) -> int:
 
     if args.opset is not None and args.format != "onnx":
         raise MoEFusionError("--opset only applies to --format onnx")
-    if args.out.exists() and not args.overwrite:
-        raise MoEFusionError(f"{args.out} exists; pass --overwrite to replace it")
+    from moefusion.export import DEFAULT_OPSET, check_export, check_opset, export_model
+
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    check_opset(opset)
     if args.out.is_dir():
         raise MoEFusionError(f"--out {args.out} is a folder; give a file name")
+    if args.out.exists() and not args.overwrite:
+        raise MoEFusionError(f"{args.out} exists; pass --overwrite to replace it")
     weights = resolve_weights(args.weights)
+    if args.weights is not None and args.out.resolve() == args.weights.resolve():
+        raise MoEFusionError(f"--out {args.out} is the --weights file; choose another name")
+    from moefusion.atomic import check_writable
 
-    from moefusion.export import DEFAULT_OPSET, check_export, export_model
+    check_writable(args.out.parent, f"folder of --out {args.out}")
+
     from moefusion.weights import load_weights
 
     model = load_weights(weights, device="cpu")
-    opset = DEFAULT_OPSET if args.opset is None else args.opset
     path = export_model(
         model, args.out, args.format, opset=opset, with_attention=args.with_attention
     )

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from moefusion.data import (
@@ -36,6 +35,7 @@ from moefusion.data import (
     to_gray,
     to_unit_float,
 )
+from moefusion.data.io import save_image_atomic
 from moefusion.errors import MoEFusionError, PairError
 
 if TYPE_CHECKING:
@@ -162,6 +162,41 @@ def _check_options(args: argparse.Namespace) -> None:
             raise MoEFusionError(f"--tile/--overlap: {exc}") from exc
     if args.save_gates is not None and args.save_gates.suffix.lower() not in (".json", ".csv"):
         raise MoEFusionError(f"--save-gates must end in .json or .csv, got {args.save_gates}")
+    if args.figure is not None:
+        check_figure_path(args.figure)
+    check_not_same_input(args.ir, args.vi)
+
+
+def check_not_same_input(ir: Path, vi: Path) -> None:
+    """Refuse ``--ir X --vi X``: every image would be fused with itself."""
+    if ir.exists() and vi.exists() and ir.resolve() == vi.resolve():
+        kind = "folder" if ir.is_dir() else "file"
+        raise MoEFusionError(
+            f"--ir and --vi are the same {kind} ({ir}); give the infrared and the visible "
+            "images separately"
+        )
+
+
+def check_figure_path(path: Path) -> None:
+    """Refuse a ``--figure`` extension matplotlib cannot write, before any work."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    kinds = sorted(FigureCanvasAgg.get_supported_filetypes())
+    ext = path.suffix.lower().lstrip(".")
+    if ext not in kinds:
+        raise MoEFusionError(
+            f"--figure {path}: unsupported extension {path.suffix or '(none)'!r}; "
+            f"use one of {', '.join('.' + k for k in kinds)}"
+        )
+
+
+def check_outputs_writable(out: Path, extra: Sequence[Path]) -> None:
+    """Every output location must be writable before the work starts."""
+    from moefusion.atomic import check_writable
+
+    check_writable(out, "output folder")
+    for p in extra:
+        check_writable(p.parent, f"folder of {p}")
 
 
 # ------------------------------------------------------------------------------ targets
@@ -336,20 +371,22 @@ class GateLog:
         )
 
     def write(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the log (atomically: a temporary file renamed onto ``path``)."""
+        from moefusion.atomic import atomic_open, atomic_write_text
+
         records = sorted(self.records, key=lambda r: r["stem"])
         if path.suffix.lower() == ".json":
             # one pair per line: diff- and grep-friendly, unlike one number per line
             pairs = ",\n".join("  " + json.dumps(r) for r in records)
             text = f'{{"weights": {json.dumps(self.weights)},\n "pairs": [\n{pairs}\n ]}}\n'
-            path.write_text(text, encoding="utf-8")
+            atomic_write_text(path, text)
             return path
         names = list(records[0]["gates"]) if records else []
         header = ["stem", "ir", "vi", "tiles"]
         for n in names:
             header += [f"{n}_{i}" for i in range(len(records[0]["gates"][n]))]
             header.append(f"{n}_experts")
-        with path.open("w", newline="", encoding="utf-8") as fh:
+        with atomic_open(path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(header)
             for r in records:
@@ -388,47 +425,45 @@ def run(args: argparse.Namespace) -> int:
     jobs = plan_jobs(pairs, args.out, args.color)
     extra = [p for p in (args.figure, args.save_gates) if p is not None]
     check_targets(jobs, args.out, input_dirs, extra, args.overwrite)
+    check_outputs_writable(args.out, extra)
 
     fuser = Fuser.from_file(weights, device=device)
     gate_log = GateLog(str(weights)) if args.save_gates is not None else None
     figure_rows: list[FigureRow] = []
     want_figure = args.figure is not None
-    failed = 0
+    state = _RunState()
     start = time.perf_counter()
     bar = tqdm(total=len(jobs), unit="pair", desc="fuse", disable=args.no_progress)
-    for batch in _batches(jobs, resize, args.batch_size):
-        loaded: list[tuple[Job, LoadedPair]] = []
-        for job in batch:
-            try:
-                loaded.append((job, load_job_pair(job.pair, resize, args.high_bit)))
-            except _PAIR_ERRORS as exc:
-                _report(job, exc)
-                failed += 1
-                bar.update(1)
-        for job, lp, res in _fuse_loaded(fuser, loaded, args, details=gate_log is not None):
-            if isinstance(res, BaseException):
-                _report(job, res)
-                failed += 1
-                bar.update(1)
-                continue
-            try:
-                _save(job, lp, res.fused, figure_rows if want_figure else None)
-                if gate_log is not None:
-                    gate_log.add(job, res.gates, res.tiles)
-            except _PAIR_ERRORS as exc:
-                _report(job, exc)
-                failed += 1
-            bar.update(1)
+    try:
+        _fuse_jobs(fuser, jobs, resize, args, gate_log, figure_rows, state, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        # what was fused so far stays usable: its gates are written, nothing is half-written
+        if gate_log is not None and gate_log.records:
+            gate_log.write(args.save_gates)
+            print(
+                f"moefusion fuse: interrupted; gates of the {len(gate_log.records)} pair(s) "
+                f"fused so far written to {args.save_gates}",
+                file=sys.stderr,
+            )
+        print(
+            f"moefusion fuse: interrupted after {state.done} of {len(jobs)} pair(s)",
+            file=sys.stderr,
+        )
+        raise
     bar.close()
     elapsed = time.perf_counter() - start
 
+    failed = state.failed
     done = len(jobs) - failed
     if gate_log is not None:
         gate_log.write(args.save_gates)
     if want_figure and figure_rows:
+        from moefusion.atomic import atomic_path
         from moefusion.figures import save_pair_figure
 
-        save_pair_figure(figure_rows, args.figure)
+        with atomic_path(args.figure, keep_suffix=True) as tmp:
+            save_pair_figure(figure_rows, tmp)
     rate = done / elapsed if elapsed > 0 else float("inf")
     print(
         f"fused {done}/{len(jobs)} pair(s) into {args.out} in {elapsed:.1f} s "
@@ -437,18 +472,85 @@ def run(args: argparse.Namespace) -> int:
     return 0 if failed == 0 else 1
 
 
+@dataclass
+class _RunState:
+    done: int = 0
+    failed: int = 0
+    auto_tile_said: bool = False
+
+
+def _fuse_jobs(
+    fuser: Fuser,
+    jobs: Sequence[Job],
+    resize: Resize,
+    args: argparse.Namespace,
+    gate_log: GateLog | None,
+    figure_rows: list[FigureRow],
+    state: _RunState,
+    bar: tqdm,
+) -> None:
+    want_figure = args.figure is not None
+    for batch in _batches(jobs, resize, args.batch_size):
+        loaded: list[tuple[Job, LoadedPair]] = []
+        for job in batch:
+            try:
+                loaded.append((job, load_job_pair(job.pair, resize, args.high_bit)))
+            except _PAIR_ERRORS as exc:
+                _report(job, exc)
+                state.failed += 1
+                bar.update(1)
+        for job, lp, res in _fuse_loaded(fuser, loaded, args, details=gate_log is not None):
+            if isinstance(res, BaseException):
+                _report(job, res)
+                state.failed += 1
+                bar.update(1)
+                continue
+            try:
+                _save(job, lp, res.fused, figure_rows if want_figure else None)
+                if gate_log is not None:
+                    gate_log.add(job, res.gates, res.tiles)
+                state.done += 1
+            except _PAIR_ERRORS as exc:
+                _report(job, exc)
+                state.failed += 1
+            bar.update(1)
+
+
+def _auto_tile(
+    fuser: Fuser, loaded: list[tuple[Job, LoadedPair]], args: argparse.Namespace
+) -> tuple[int | None, int | None]:
+    """``--tile`` as given, or a tile size when the untiled batch would not fit in memory."""
+    if args.tile is not None or not loaded:
+        return args.tile, args.overlap
+    from moefusion.fuser import AUTO_TILE, available_memory, estimate_fuse_bytes
+
+    height, width = loaded[0][1].ir.shape
+    need = estimate_fuse_bytes(height, width, len(loaded), fuser.model, fuser.device)
+    have = available_memory(fuser.device)
+    if have is None or need <= have or min(height, width) <= AUTO_TILE:
+        return None, None
+    tqdm.write(
+        f"moefusion fuse: {loaded[0][0].pair.stem} ({width}x{height}) needs about "
+        f"{need / 2**30:.1f} GiB untiled but {have / 2**30:.1f} GiB is available; "
+        f"fusing it in {AUTO_TILE}x{AUTO_TILE} tiles (pass --tile to choose)",
+        file=sys.stderr,
+    )
+    return AUTO_TILE, None
+
+
 def _fuse_loaded(
     fuser: Fuser, loaded: list[tuple[Job, LoadedPair]], args: argparse.Namespace, *, details: bool
 ) -> list[tuple[Job, LoadedPair, FusionResult | BaseException]]:
     """Fuse decoded pairs in one batch; on failure retry one by one so only bad pairs fail."""
     if not loaded:
         return []
+    tile, overlap = _auto_tile(fuser, loaded, args)
     try:
         results = fuser.fuse_arrays(
             [lp.ir for _, lp in loaded],
             [lp.vi for _, lp in loaded],
-            tile=args.tile,
-            overlap=args.overlap,
+            tile=tile,
+            overlap=overlap,
             batch_size=len(loaded),
             details=details,
         )
@@ -474,11 +576,7 @@ def colorize_u8(fused: np.ndarray, vi_rgb: np.ndarray, rows: int = 512) -> np.nd
 
 
 def _save_u8(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        Image.fromarray(image).save(path)
-    except (ValueError, KeyError, OSError) as exc:
-        raise MoEFusionError(f"cannot save image {path}: {exc}") from exc
+    save_image_atomic(path, image)
 
 
 def _save(job: Job, lp: LoadedPair, fused: np.ndarray, figure_rows: list[FigureRow] | None) -> None:

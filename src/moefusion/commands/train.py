@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 from typing import Any
 
 from moefusion.config import available_configs, load_run_config
+from moefusion.errors import MoEFusionError
+
+#: Files and folders that make a folder an existing run.
+RUN_MARKERS = ("config.yaml", "moefusion.safetensors", "checkpoints")
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -64,9 +69,62 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
             "optim.gamma) come from this command's config, so a run can be extended"
         ),
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into an existing run folder without --resume, replacing its config, "
+        "checkpoints and weights",
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (default from config)")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     return p
+
+
+def _existing_run(out: Path) -> list[str]:
+    if not out.is_dir():
+        return []
+    found = []
+    for name in RUN_MARKERS:
+        p = out / name
+        if p.is_file() or (p.is_dir() and any(p.iterdir())):
+            found.append(name)
+    found += sorted(p.name for p in out.glob("stage*") if p.is_dir() and any(p.iterdir()))
+    return found
+
+
+def check_resume(out: Path, resume: str | None, config: dict[str, Any]) -> None:
+    """Check the checkpoint(s) a resume would read to be complete training checkpoints.
+
+    ``auto`` reads ``<out>/checkpoints/last.ckpt`` (joint runs) or each stage's
+    ``last.ckpt`` (staged runs); the value itself is passed on to training unchanged.
+    """
+    if resume is None:
+        return
+    from moefusion.weights import check_training_checkpoint
+
+    if str(resume) != "auto":
+        path = Path(resume)
+        if not path.is_file():
+            raise MoEFusionError(f"cannot resume: checkpoint not found: {path}")
+        check_training_checkpoint(path)
+        return
+    joint = out / "checkpoints" / "last.ckpt"
+    if config.get("schedule", "joint") != "staged":
+        if not joint.is_file():
+            raise MoEFusionError(f"cannot resume: checkpoint not found: {joint}")
+        check_training_checkpoint(joint)
+        return
+    for path in sorted(out.glob("stage*/**/last.ckpt")):
+        check_training_checkpoint(path)
+
+
+def check_data(config: dict[str, Any]) -> None:
+    """Open every dataset (pairs, sizes, labels) before anything is written."""
+    from moefusion.training.data import build_train_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # training itself warns once, later
+        build_train_dataset(config["data"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +137,19 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         config["seed"] = args.seed
     out = args.out or Path("runs") / Path(str(args.config)).stem
+    if out.exists() and not out.is_dir():
+        raise MoEFusionError(f"--out {out} exists and is not a folder")
+    existing = _existing_run(out)
+    if existing and args.resume is None and not args.overwrite:
+        raise MoEFusionError(
+            f"{out} already holds a run ({', '.join(existing)}); pass --resume auto to "
+            "continue it, --overwrite to replace it, or choose another --out"
+        )
+    check_resume(out, args.resume, config)
+    from moefusion.atomic import check_writable
+
+    check_writable(out, "run folder")
+    check_data(config)
     run_dir = train(config, out, resume=args.resume, progress=not args.no_progress)
     print(f"run folder: {run_dir}")
     print(f"fusion weights: {run_dir / 'moefusion.safetensors'}")

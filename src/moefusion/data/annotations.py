@@ -145,6 +145,20 @@ def _make(
     )
 
 
+def _warn_unknown_classes(source: Path, unknown: Mapping[str, int], classes: Sequence[str]) -> None:
+    """One warning per file naming each dropped class and how many of its objects."""
+    if not unknown:
+        return
+    total = sum(unknown.values())
+    listed = ", ".join(f"{name} x{n}" for name, n in sorted(unknown.items()))
+    warnings.warn(
+        f"{source}: dropped {total} object(s) of class(es) not in the class list "
+        f"{list(classes)}: {listed} (map them with class_map / data.class_map, or add "
+        "them to the classes)",
+        stacklevel=3,
+    )
+
+
 def _warn_size_mismatch(source: Path, stated: Size, actual: Size) -> None:
     warnings.warn(
         f"{source} states image size {stated[0]}x{stated[1]} but the image is "
@@ -203,12 +217,15 @@ def load_voc(
     boxes: list[tuple[float, float, float, float]] = []
     labels: list[int] = []
     ignored = 0
+    unknown: dict[str, int] = {}
     for k, obj in enumerate(root.iter("object")):
         name = _text(obj, "name")
         if not name:
             raise AnnotationError(f"{src}: object {k} has no <name>")
         difficult = _text(obj, "difficult") or "0"
         idx = resolve(name)
+        if idx is None:
+            unknown[name] = unknown.get(name, 0) + 1
         if idx is None or difficult.lower() not in ("0", "0.0", "false"):
             ignored += 1
             continue
@@ -226,6 +243,7 @@ def load_voc(
             _check_box((xmin - 1.0, ymin - 1.0, xmax, ymax), size, src, f"object {k} ({name})")
         )
         labels.append(idx)
+    _warn_unknown_classes(src, unknown, classes)
     return _make(boxes, labels, src, ignored, size)
 
 
@@ -279,6 +297,7 @@ def load_yolo(
     boxes: list[tuple[float, float, float, float]] = []
     labels: list[int] = []
     ignored = 0
+    unknown: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -299,11 +318,13 @@ def load_yolo(
             )
         idx = resolve(names[int(cls_f)])
         if idx is None:
+            unknown[names[int(cls_f)]] = unknown.get(names[int(cls_f)], 0) + 1
             ignored += 1
             continue
         raw = ((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h)
         boxes.append(_check_box(raw, (w, h), src, f"line {lineno} ({names[int(cls_f)]})"))
         labels.append(idx)
+    _warn_unknown_classes(src, unknown, classes)
     return _make(boxes, labels, src, ignored, (int(w), int(h)))
 
 
@@ -354,6 +375,7 @@ def load_coco(
     per_image: dict[int, tuple[list[tuple[float, float, float, float]], list[int], list[int]]] = {
         i: ([], [], [0]) for i in images
     }
+    unknown: dict[str, int] = {}
     for k, ann in enumerate(data["annotations"]):
         try:
             image_id, cat_id = int(ann["image_id"]), int(ann["category_id"])
@@ -367,12 +389,15 @@ def load_coco(
         stem, size = images[image_id]
         boxes, labels, ignored = per_image[image_id]
         idx = resolve(categories[cat_id])
+        if idx is None:
+            unknown[categories[cat_id]] = unknown.get(categories[cat_id], 0) + 1
         if idx is None or ann.get("iscrowd", 0):
             ignored[0] += 1
             continue
         what = f"annotation {ann.get('id', k)} of image {stem} ({categories[cat_id]})"
         boxes.append(_check_box((x, y, x + bw, y + bh), size, src, what))
         labels.append(idx)
+    _warn_unknown_classes(src, unknown, classes)
     return {
         images[i][0]: _make(b, lab, src, ign[0], images[i][1])
         for i, (b, lab, ign) in per_image.items()
@@ -557,6 +582,13 @@ def open_labels(
         )
         matched = {k for s in stems if (k := source._coco_key(s)) is not None}
         source.unmatched = sorted(set(coco) - matched)
+        missing = sorted(s for s in stems if source._coco_key(s) is None)
+        if missing:
+            warnings.warn(
+                f"{len(missing)} image pair(s) are not in the COCO file {by_kind['json'][0]} "
+                f"and are treated as unlabelled: {format_names(missing)}",
+                stacklevel=2,
+            )
     else:
         files = {
             (p.relative_to(folder).with_suffix("").as_posix() if recursive else p.stem): p

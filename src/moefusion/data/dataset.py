@@ -257,7 +257,7 @@ def collate_pairs(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     Returns ``{"ir": [B,1,H,W], "vi": [B,1,H,W], "vi_rgb": [B,3,H,W],
     "valid": [B,1,H,W] bool (True on real pixels), "sizes": [(h, w)], "boxes": [Tensor | None],
     "labels": [Tensor | None], "stems": [str], "datasets": [str]}`` with ``H, W`` the
-    largest in the batch.
+    largest in the batch, plus ``"attention": [B,1,H,W]`` when every sample has one.
     """
     if not samples:
         raise MoEFusionError("collate_pairs got an empty batch")
@@ -268,11 +268,17 @@ def collate_pairs(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {
         "ir": torch.zeros((b, 1, hmax, wmax), dtype=dtype),
         "vi": torch.zeros((b, 1, hmax, wmax), dtype=dtype),
-        "vi_rgb": torch.zeros((b, 3, hmax, wmax), dtype=dtype),
         "valid": torch.zeros((b, 1, hmax, wmax), dtype=torch.bool),
     }
+    keys = ["ir", "vi"]
+    if all(s.get("vi_rgb") is not None for s in samples):  # cached training pairs have none
+        batch["vi_rgb"] = torch.zeros((b, 3, hmax, wmax), dtype=dtype)
+        keys.append("vi_rgb")
+    if all(s.get("attention") is not None for s in samples):
+        batch["attention"] = torch.zeros((b, 1, hmax, wmax), dtype=dtype)
+        keys.append("attention")
     for i, (s, (h, w)) in enumerate(zip(samples, sizes, strict=True)):
-        for key in ("ir", "vi", "vi_rgb"):
+        for key in keys:
             batch[key][i, :, :h, :w] = s[key]
         mask = s.get("valid")
         batch["valid"][i, :, :h, :w] = True if mask is None else mask

@@ -26,6 +26,7 @@ __all__ = [
     "load_pair",
     "read_image",
     "save_gray_u8",
+    "save_image_atomic",
     "save_rgb_u8",
     "to_gray",
     "to_unit_float",
@@ -341,14 +342,32 @@ def _to_u8(img01: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(arr * 255.0 + 0.5), 0, 255).astype(np.uint8)
 
 
-def _save(path: str | Path, arr: np.ndarray) -> Path:
+def save_image_atomic(path: str | Path, image: np.ndarray | Image.Image) -> Path:
+    """Save an array or PIL image to ``path`` (format from the extension) atomically.
+
+    The image is encoded into a temporary file beside ``path`` and renamed onto it when
+    complete, so an interrupt never leaves a truncated image (see :mod:`moefusion.atomic`).
+
+    Raises:
+        MoEFusionError: unknown extension, or the file cannot be written.
+    """
+    from moefusion.atomic import atomic_path
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    fmt = Image.registered_extensions().get(p.suffix.lower())
+    if fmt is None:
+        raise MoEFusionError(f"cannot save image {p}: unknown image extension {p.suffix!r}")
+    im = image if isinstance(image, Image.Image) else Image.fromarray(image)
     try:
-        Image.fromarray(arr).save(p)
+        with atomic_path(p) as tmp:
+            im.save(tmp, format=fmt)
     except (ValueError, KeyError, OSError) as exc:
         raise MoEFusionError(f"cannot save image {p}: {exc}") from exc
     return p
+
+
+def _save(path: str | Path, arr: np.ndarray) -> Path:
+    return save_image_atomic(path, arr)
 
 
 def save_gray_u8(path: str | Path, img01: np.ndarray) -> Path:

@@ -3,7 +3,10 @@
 Split file format::
 
     {"seed": 0, "test_fraction": 0.25,
-     "datasets": {"msrs": {"train": ["00556D", ...], "test": [...]}, ...}}
+     "datasets": {"msrs": {"train": ["00556D", ...], "test": [...], "val": [...]}, ...}}
+
+``val`` is optional: a validation part carved out of the training data (for fit
+reports and recipe decisions); ``train``, ``val`` and ``test`` are disjoint.
 """
 
 from __future__ import annotations
@@ -85,18 +88,26 @@ def _validate(split: Any, source: str) -> dict[str, Any]:
     if not isinstance(split["datasets"], dict):
         raise ConfigError(f"{source}: 'datasets' must map dataset names to train/test lists")
     for name, parts in split["datasets"].items():
-        if not isinstance(parts, dict) or set(parts) != {"train", "test"}:
-            raise ConfigError(f"{source}: dataset {name!r} needs exactly 'train' and 'test' lists")
-        for part in ("train", "test"):
+        if not isinstance(parts, dict) or not (
+            {"train", "test"} <= set(parts) <= {"train", "val", "test"}
+        ):
+            raise ConfigError(
+                f"{source}: dataset {name!r} needs 'train' and 'test' lists (and optionally 'val')"
+            )
+        for part in parts:
             if not isinstance(parts[part], list) or not all(
                 isinstance(s, str) for s in parts[part]
             ):
                 raise ConfigError(f"{source}: {name}.{part} must be a list of stems")
-        both = sorted(set(parts["train"]) & set(parts["test"]))
-        if both:
-            raise ConfigError(
-                f"{source}: dataset {name!r} has stems in both train and test: {', '.join(both[:10])}"
-            )
+        names = [p for p in ("train", "val", "test") if p in parts]
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                both = sorted(set(parts[a]) & set(parts[b]))
+                if both:
+                    raise ConfigError(
+                        f"{source}: dataset {name!r} has stems in both {a} and {b}: "
+                        f"{', '.join(both[:10])}"
+                    )
     return split
 
 
@@ -108,7 +119,7 @@ def save_split(path: str | Path, split: dict[str, Any]) -> Path:
         "seed": int(split["seed"]),
         "test_fraction": float(split["test_fraction"]),
         "datasets": {
-            name: {"train": sorted(parts["train"]), "test": sorted(parts["test"])}
+            name: {part: sorted(parts[part]) for part in ("train", "val", "test") if part in parts}
             for name, parts in sorted(split["datasets"].items())
         },
     }

@@ -31,7 +31,8 @@ __all__ = [
 
 Sample = dict[str, Any]
 
-IMAGE_KEYS: tuple[str, ...] = ("ir", "vi", "vi_rgb")
+# "attention" is the cached attention map of staged training (same geometry as the images)
+IMAGE_KEYS: tuple[str, ...] = ("ir", "vi", "vi_rgb", "attention")
 MASK_KEY = "valid"
 # A crop keeping under 30 % of an object, or a sliver under 2 px, is no longer a
 # usable detection target.

@@ -4,7 +4,8 @@ One detector per modality (visible, infrared), assembled from torchvision's dete
 parts: backbone + FPN (:class:`~torchvision.models.detection.backbone_utils.BackboneWithFPN`,
 5 levels at strides 4, 8, 16, 32, 64), :class:`AnchorGenerator`,
 :class:`RegionProposalNetwork`, :class:`RoIHeads` with :class:`MultiScaleRoIAlign`,
-:class:`TwoMLPHead` and :class:`FastRCNNPredictor`.
+:class:`TwoMLPHead` and :class:`FastRCNNPredictor`. Those parts are built by
+:mod:`moefusion.models.detector_parts`; this module holds the paper's own modules.
 
 Between FPN and heads, at every FPN level ``l`` (one module per level, so that every
 level keeps its own BatchNorm statistics):
@@ -30,31 +31,46 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-from moefusion.errors import ConfigError
 from moefusion.models.config import DetectorConfig
+
+# The torchvision plumbing (backbones, weight loading, heads) lives in detector_parts;
+# these names are re-exported here for code that imports them from this module.
+from moefusion.models.detector_parts import (
+    LEVELS,
+    build_backbone,
+    build_roi_heads,
+    build_rpn,
+    fpn_finest_level,
+)
+
+__all__ = [
+    "HEAD_PREFIXES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LEVELS",
+    "MODALITIES",
+    "SIZE_DIVISOR",
+    "AttentionDetectors",
+    "AttentionFuse",
+    "CrossModalMixing",
+    "SpatialAttention",
+    "Target",
+    "build_backbone",
+    "build_roi_heads",
+    "build_rpn",
+    "fpn_finest_level",
+    "prepare_target",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: FPN level names (strides 4, 8, 16, 32, 64); level "0" gives the attention map.
-LEVELS: tuple[str, ...] = ("0", "1", "2", "3", "pool")
 #: Inputs are padded to a multiple of this (the coarsest backbone stride).
 SIZE_DIVISOR = 32
 MODALITIES: tuple[str, ...] = ("vis", "ir")
@@ -62,184 +78,6 @@ MODALITIES: tuple[str, ...] = ("vis", "ir")
 HEAD_PREFIXES: tuple[str, ...] = ("rpn.", "roi_heads.")
 
 Target = Mapping[str, Tensor] | None
-
-
-# --------------------------------------------------------------------------- backbones
-def _norm_layer(config: DetectorConfig) -> Callable[..., nn.Module]:
-    mode = config.backbone_norm
-    if mode == "auto":
-        mode = "frozen_bn" if config.backbone_weights else "bn"
-    return FrozenBatchNorm2d if mode == "frozen_bn" else nn.BatchNorm2d
-
-
-def _read_state_dict(path: str) -> dict[str, Tensor]:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"backbone weights not found: {file}")
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(file))
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable/corrupt file is a user error
-        raise ConfigError(f"cannot read backbone weights {file}: {exc}") from exc
-    for key in ("state_dict", "model"):  # common checkpoint wrappers
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-    if not isinstance(state, Mapping):
-        raise ConfigError(f"backbone weights {file} do not hold a state_dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def load_backbone_weights(model: nn.Module, path: str, name: str) -> None:
-    """Load an ImageNet classification state_dict into a torchvision ``model``.
-
-    Every parameter and buffer must be present with the right shape (BatchNorm's
-    ``num_batches_tracked`` counters may be absent); otherwise a :class:`ConfigError`
-    lists what does not match.
-    """
-    state = _read_state_dict(path)
-    own = model.state_dict()
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    details = []
-    if mismatched:
-        details.append(f"shape mismatch {len(mismatched)} (e.g. {mismatched[:3]})")
-    else:
-        result = model.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-        if missing:
-            details.append(f"missing {len(missing)} (e.g. {missing[:3]})")
-        if result.unexpected_keys:
-            unexpected = result.unexpected_keys
-            details.append(f"unexpected {len(unexpected)} (e.g. {unexpected[:3]})")
-    if details:
-        raise ConfigError(
-            f"backbone weights {path} do not match torchvision {name}: " + "; ".join(details)
-        )
-
-
-def _resnet_backbone(config: DetectorConfig) -> BackboneWithFPN:
-    model = torchvision.models.__dict__[config.backbone](
-        weights=None, norm_layer=_norm_layer(config)
-    )
-    if config.backbone_weights:
-        load_backbone_weights(model, config.backbone_weights, config.backbone)
-    # torchvision's extractor applies its freezing rule; its FPN width is fixed at 256,
-    # so the FPN is rebuilt with the configured width.
-    backbone = _resnet_fpn_extractor(model, config.trainable_backbone_layers)
-    in_channels_list = [block[0].in_channels for block in backbone.fpn.inner_blocks]
-    backbone.fpn = FeaturePyramidNetwork(
-        in_channels_list, config.fpn_channels, extra_blocks=LastLevelMaxPool()
-    )
-    backbone.out_channels = config.fpn_channels
-    return backbone
-
-
-def _mobilenet_backbone(config: DetectorConfig) -> BackboneWithFPN:
-    norm = _norm_layer(config)
-    # None keeps MobileNetV3's own BatchNorm settings (eps 1e-3, momentum 0.01)
-    model = torchvision.models.__dict__[config.backbone](
-        weights=None, norm_layer=None if norm is nn.BatchNorm2d else norm
-    )
-    if config.backbone_weights:
-        load_backbone_weights(model, config.backbone_weights, config.backbone)
-    features = model.features
-    # Same stage bookkeeping and freezing rule as torchvision's _mobilenet_extractor, but
-    # returning the last block of every stride (4, 8, 16, 32) so that the FPN has the
-    # stride-4 level the attention map comes from (torchvision's returns stride 32 only).
-    stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)]
-    stages.append(len(features) - 1)
-    trainable = config.trainable_backbone_layers
-    freeze_before = len(features) if trainable == 0 else stages[len(stages) - trainable]
-    for block in features[:freeze_before]:
-        for parameter in block.parameters():
-            parameter.requires_grad_(False)
-    ends = [stages[2] - 1, stages[3] - 1, stages[4] - 1, len(features) - 1]
-    return_layers = {str(index): str(level) for level, index in enumerate(ends)}
-    in_channels_list = [features[i].out_channels for i in ends]
-    return BackboneWithFPN(
-        features,
-        return_layers,
-        in_channels_list,
-        config.fpn_channels,
-        extra_blocks=LastLevelMaxPool(),
-    )
-
-
-def build_backbone(config: DetectorConfig) -> BackboneWithFPN:
-    """Backbone + 5-level FPN (``"0"``..``"3"``, ``"pool"``; strides 4..64), ``fpn_channels`` wide."""
-    if config.backbone.startswith("resnet"):
-        return _resnet_backbone(config)
-    if config.backbone.startswith("mobilenet_v3"):
-        return _mobilenet_backbone(config)
-    raise ConfigError(f"unsupported detector backbone {config.backbone!r}")
-
-
-def fpn_finest_level(backbone: BackboneWithFPN, x: Tensor) -> Tensor:
-    """Only the stride-4 FPN output: the full top-down path, but only level 0's 3x3 conv.
-
-    Equals ``backbone(x)["0"]`` (same operations in the same order as torchvision's
-    :class:`FeaturePyramidNetwork`), without the other levels' output convs.
-
-    Shapes:
-        ``[B, 3, H, W] -> [B, C, H/4, W/4]``.
-    """
-    fpn = backbone.fpn
-    feats = list(backbone.body(x).values())
-    last_inner = fpn.get_result_from_inner_blocks(feats[-1], -1)
-    for idx in range(len(feats) - 2, -1, -1):
-        lateral = fpn.get_result_from_inner_blocks(feats[idx], idx)
-        last_inner = lateral + F.interpolate(last_inner, size=lateral.shape[-2:], mode="nearest")
-    return fpn.get_result_from_layer_blocks(last_inner, 0)
-
-
-# --------------------------------------------------------------------------- heads
-def build_rpn(config: DetectorConfig) -> RegionProposalNetwork:
-    """RPN with one anchor size per level (scale 8 x stride) and 3 aspect ratios."""
-    sizes = tuple((s,) for s in config.anchor_sizes)
-    ratios = (tuple(config.aspect_ratios),) * len(sizes)
-    anchors = AnchorGenerator(sizes, ratios)
-    head = RPNHead(config.fpn_channels, anchors.num_anchors_per_location()[0])
-    return RegionProposalNetwork(
-        anchors,
-        head,
-        fg_iou_thresh=config.rpn_fg_iou_thresh,
-        bg_iou_thresh=config.rpn_bg_iou_thresh,
-        batch_size_per_image=config.rpn_batch_size_per_image,
-        positive_fraction=config.rpn_positive_fraction,
-        pre_nms_top_n={
-            "training": config.rpn_pre_nms_top_n_train,
-            "testing": config.rpn_pre_nms_top_n_test,
-        },
-        post_nms_top_n={
-            "training": config.rpn_post_nms_top_n_train,
-            "testing": config.rpn_post_nms_top_n_test,
-        },
-        nms_thresh=config.rpn_nms_thresh,
-    )
-
-
-def build_roi_heads(config: DetectorConfig) -> RoIHeads:
-    """RoIAlign 7x7 on levels 0-3, 2-fc box head, (num_classes + 1)-way predictor."""
-    size = config.roi_output_size
-    pool = MultiScaleRoIAlign(["0", "1", "2", "3"], size, config.roi_sampling_ratio)
-    box_head = TwoMLPHead(config.fpn_channels * size * size, config.representation_size)
-    predictor = FastRCNNPredictor(config.representation_size, config.num_classes + 1)
-    return RoIHeads(
-        pool,
-        box_head,
-        predictor,
-        fg_iou_thresh=config.box_fg_iou_thresh,
-        bg_iou_thresh=config.box_bg_iou_thresh,
-        batch_size_per_image=config.box_batch_size_per_image,
-        positive_fraction=config.box_positive_fraction,
-        bbox_reg_weights=None,
-        score_thresh=config.box_score_thresh,
-        nms_thresh=config.box_nms_thresh,
-        detections_per_img=config.box_detections_per_img,
-    )
 
 
 # --------------------------------------------------------------------------- attention
@@ -441,17 +279,6 @@ class AttentionDetectors(nn.Module):
             )
 
     # ------------------------------------------------------------------ API
-    def attention_maps(self, ir: Tensor, vi: Tensor) -> dict[str, Tensor]:
-        """Full-resolution ``{"vis", "ir", "fused"}`` maps ``[B, 1, H, W]`` (for visualisation)."""
-        self._check_pair(ir, vi)
-        height, width = ir.shape[-2:]
-        _, maps = self._levels(self.preprocess(vi), self.preprocess(ir), ("0",))
-        out = {"fused": self._fused_map(maps, height, width)}
-        for m in MODALITIES:
-            up = F.interpolate(maps[m]["0"], scale_factor=4.0, mode="bilinear", align_corners=False)
-            out[m] = up[..., :height, :width]
-        return out
-
     def forward(
         self, ir: Tensor, vi: Tensor, targets: Sequence[Target] | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -538,17 +365,3 @@ class AttentionDetectors(nn.Module):
     def attention_state_dict(self) -> dict[str, Tensor]:
         """State of the inference part only (backbones, FPNs, mixing, attention, fuse)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(HEAD_PREFIXES)}
-
-    def load_attention_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load :meth:`attention_state_dict` output; heads (if any) keep their values.
-
-        Raises:
-            ConfigError: when a non-head key is missing or an unexpected key is present.
-        """
-        result = self.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith(HEAD_PREFIXES)]
-        if missing or result.unexpected_keys:
-            raise ConfigError(
-                "attention weights do not match the detector config: "
-                f"missing {missing[:5]}, unexpected {list(result.unexpected_keys)[:5]}"
-            )

@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from moefusion.data import (
     Compose,
@@ -53,6 +53,11 @@ def build_transform(data_cfg: Mapping[str, Any]) -> Compose:
     return Compose(steps)
 
 
+def build_random_transform(data_cfg: Mapping[str, Any]) -> Compose:
+    """Only the random part of :func:`build_transform` (crop, flip): for cached whole pairs."""
+    return build_transform(dict(data_cfg, resize=None, max_side=None))
+
+
 def build_train_dataset(data_cfg: Mapping[str, Any]) -> ConcatDataset:
     """All training datasets of ``data_cfg`` (minus each one's test split) in one dataset."""
     entries = data_cfg.get("datasets") or []
@@ -88,8 +93,29 @@ def build_train_dataset(data_cfg: Mapping[str, Any]) -> ConcatDataset:
     return ConcatDataset(parts)
 
 
+def labelled_subset(dataset: ConcatDataset) -> Subset:
+    """The labelled pairs of a :func:`build_train_dataset` result (stage 1 trains on them)."""
+    keep: list[int] = []
+    offset = 0
+    for part in dataset.datasets:
+        annotations = part.annotations  # type: ignore[attr-defined]
+        keep.extend(offset + i for i, s in enumerate(part.stems) if annotations[s] is not None)  # type: ignore[attr-defined]
+        offset += len(part)  # type: ignore[arg-type]
+    if not keep:
+        raise ConfigError(
+            "the detector stage needs labelled pairs (labels/ next to ir/ and vi/); "
+            "set stages.detect.trainer.max_epochs=0 and stages.detect.init_weights to skip it"
+        )
+    return Subset(dataset, keep)
+
+
 def build_train_loader(data_cfg: Mapping[str, Any], seed: int) -> DataLoader:
-    dataset = EpochSeededDataset(build_train_dataset(data_cfg), seed)
+    return loader_for(build_train_dataset(data_cfg), data_cfg, seed)
+
+
+def loader_for(inner: Dataset, data_cfg: Mapping[str, Any], seed: int) -> DataLoader:
+    """Resume-exact loader over ``inner`` (epoch-seeded items, shuffled, repeated)."""
+    dataset = EpochSeededDataset(inner, seed)
     sampler = EpochSampler(len(dataset), seed=seed, repeat=int(data_cfg.get("repeat", 1)))
     workers = int(data_cfg.get("num_workers", 0))
     return DataLoader(

@@ -1,0 +1,231 @@
+"""Staged training (``schedule: staged``): detectors first, then the fusion branch alone.
+
+The release detaches the attention map, so in end-to-end training the fusion loss
+never reaches the detectors and the detectors never see the fusion loss: the two parts
+only share the time of each step. Staged training uses that:
+
+1. ``detect``: both auxiliary detectors with their cross-modal mixing and spatial
+   attention, on the labelled pairs only (detection losses).
+2. ``fusion``: detectors frozen; each training pair's attention map is computed once
+   (:mod:`moefusion.training.cache`) and the fusion branch trains at fusion-only speed
+   on random crops of pairs, maps and boxes.
+3. ``joint`` (optional, 0 epochs by default): the end-to-end module of the paper.
+
+Each stage is a Lightning run of its own in ``<out>/stage<i>-<name>/`` (checkpoints,
+logs, ``done.json`` when finished); a stage starts from the previous stage's weights.
+A stage's settings are the run config's ``data``/``optim``/``trainer`` sections with
+``stages.<name>.{data,optim,trainer}`` merged over them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+
+from moefusion.errors import ConfigError
+from moefusion.losses import fusion_loss
+from moefusion.models import MoEFusion, MoEFusionConfig
+from moefusion.training.module import batch_targets
+from moefusion.training.sampling import step_seed
+
+STAGES: tuple[str, ...] = ("detect", "fusion", "joint")
+SCHEDULES: tuple[str, ...] = ("joint", "staged")
+LR_SCHEDULES: tuple[str, ...] = ("step", "cosine", "constant")
+PIXEL_TARGETS: tuple[str, ...] = ("boxes", "max")
+STAGE_KEYS = {"data", "optim", "trainer", "init_weights", "checkpoint_every"}
+
+
+def stage_config(config: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """The run config as one stage sees it: ``stages.<stage>`` sections merged over the base."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    out = copy.deepcopy(dict(config))
+    overrides = dict((config.get("stages") or {}).get(stage) or {})
+    unknown = set(overrides) - STAGE_KEYS
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in stages.{stage}: {', '.join(sorted(unknown))} "
+            f"(allowed: {', '.join(sorted(STAGE_KEYS))})"
+        )
+    for section in ("data", "optim", "trainer"):
+        merged = dict(out.get(section) or {})
+        merged.update(overrides.get(section) or {})
+        out[section] = merged
+    out["init_weights"] = overrides.get("init_weights")
+    out["checkpoint_every"] = int(overrides.get("checkpoint_every") or 1)
+    out["stage"] = stage
+    return out
+
+
+def stage_is_empty(cfg: Mapping[str, Any]) -> bool:
+    """A stage with ``max_steps: 0``, or ``max_epochs: 0`` and no step budget, is skipped."""
+    trainer = cfg["trainer"]
+    steps, epochs = trainer.get("max_steps"), trainer.get("max_epochs")
+    return steps == 0 or (steps in (None, -1) and epochs == 0 and not trainer.get("max_time"))
+
+
+def lr_factor(
+    schedule: str,
+    *,
+    warmup_steps: int = 0,
+    total_steps: int | None = None,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+    min_factor: float = 0.0,
+) -> Callable[[int], float]:
+    """Learning-rate multiplier per optimisation step (for ``LambdaLR``, ``interval: step``).
+
+    ``step``: ``gamma ** (milestones passed)``, milestones in steps; ``cosine``: from 1 to
+    ``min_factor`` over ``total_steps``; ``constant``: 1. All after a linear warm-up of
+    ``warmup_steps``.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(
+            f"optim.schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}"
+        )
+    if schedule == "cosine" and not total_steps:
+        raise ConfigError(
+            "optim.schedule=cosine needs trainer.max_steps (the length of the cosine)"
+        )
+    steps = sorted(int(m) for m in milestones)
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        if schedule == "step":
+            return warm * gamma ** bisect.bisect_right(steps, step)
+        if schedule == "cosine":
+            assert total_steps is not None
+            t = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+            return warm * (min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * t)))
+        return warm
+
+    return factor
+
+
+def _check_choice(value: Any, choices: Sequence[str], key: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+class DetectorStageModule(L.LightningModule):
+    """Stage 1: both detectors' losses on labelled batches; the fusion branch is frozen.
+
+    Learning rate: Adam with a step schedule in epochs (``optim.milestones``).
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": dict(config)})
+        self.run_config = dict(config)
+        self.model = MoEFusion(MoEFusionConfig.from_dict(config["model"]))
+        self.model.fusion.requires_grad_(False)
+        self.seed = int(config.get("seed", 0))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        _, det_losses = self.model.attention(batch["ir"], batch["vi"], batch_targets(batch))
+        if not det_losses:  # stage 1 samples labelled pairs only
+            raise RuntimeError("detector stage got a batch without labelled pairs")
+        total = sum(det_losses.values(), torch.zeros((), device=batch["ir"].device))
+        bsz = batch["ir"].shape[0]
+        self.log("loss/det", total, prog_bar=True, batch_size=bsz)
+        for key, value in det_losses.items():
+            self.log(f"det/{key}", value, batch_size=bsz)
+        return total
+
+    def _params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.attention.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        optim = self.run_config["optim"]
+        optimizer = torch.optim.Adam(
+            self._params(), lr=float(optim["lr"]), weight_decay=float(optim["weight_decay"])
+        )
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(optim["milestones"]), gamma=float(optim["gamma"])
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+
+class FusionStageModule(L.LightningModule):
+    """Stage 2: the fusion branch alone on cached attention maps (detectors frozen).
+
+    Batches carry ``"attention"`` ``[B, 1, H, W]``. Loss: paper eq. 5 with the pixel
+    target ``optim.pixel_target`` (``boxes``: the release's max inside boxes / mean
+    outside, max on unlabelled pairs; ``max``: max everywhere). Learning rate per step:
+    :func:`lr_factor` of ``optim.schedule`` (``step`` milestones are steps here).
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": dict(config)})
+        self.run_config = dict(config)
+        self.model = MoEFusion(MoEFusionConfig.from_dict(config["model"]))
+        self.model.attention.requires_grad_(False)
+        optim = config["optim"]
+        self.alpha = float(optim.get("alpha", 10.0))
+        self.pixel_target = _check_choice(
+            optim.get("pixel_target", "boxes"), PIXEL_TARGETS, "optim.pixel_target"
+        )
+        self.seed = int(config.get("seed", 0))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
+
+    def on_train_epoch_start(self) -> None:
+        self.model.attention.eval()  # frozen: its BatchNorm statistics must not move
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.model.fusion(batch["ir"], batch["vi"], batch["attention"])
+        boxes = batch["boxes"] if self.pixel_target == "boxes" else None
+        losses = fusion_loss(
+            out.fused,
+            batch["ir"],
+            batch["vi"],
+            boxes,
+            out.load_loss,
+            alpha=self.alpha,
+            valid=batch["valid"],
+        )
+        bsz = batch["ir"].shape[0]
+        self.log("loss/fusion", losses["total"], prog_bar=True, batch_size=bsz)
+        for key in ("pixel", "grad", "load"):
+            self.log(f"loss/{key}", losses[key], batch_size=bsz)
+        for key, gates in out.gates.items():
+            for i, share in enumerate((gates > 0).float().mean(0).tolist()):
+                self.log(f"gates/{key}_e{i}", share, batch_size=bsz)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bsz)  # type: ignore[union-attr]
+        return losses["total"]
+
+    def configure_optimizers(self) -> Any:
+        optim = self.run_config["optim"]
+        optimizer = torch.optim.Adam(
+            self.model.fusion.parameters(),
+            lr=float(optim["lr"]),
+            weight_decay=float(optim["weight_decay"]),
+        )
+        factor = lr_factor(
+            _check_choice(optim.get("schedule", "step"), LR_SCHEDULES, "optim.schedule"),
+            warmup_steps=int(optim.get("warmup_steps") or 0),
+            total_steps=self.run_config["trainer"].get("max_steps"),
+            milestones=optim.get("step_milestones") or (),
+            gamma=float(optim.get("gamma", 0.1)),
+            min_factor=float(optim.get("min_lr_factor") or 0.0),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

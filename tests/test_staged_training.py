@@ -1,0 +1,169 @@
+"""Staged training: stage configs, learning-rate factors, the attention cache, real runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from moefusion.config import load_run_config
+from moefusion.data import Compose, RandomCrop, RandomHorizontalFlip, collate_pairs
+from moefusion.errors import ConfigError
+from moefusion.training.cache import CachedPairs
+from moefusion.training.run import train
+from moefusion.training.stages import lr_factor, stage_config, stage_is_empty
+from moefusion.weights import load_weights
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+needs_shared = pytest.mark.skipif(not (SHARED / "msrs").is_dir(), reason="../shared/data absent")
+
+
+def test_stage_config_merges_stage_sections_over_the_base() -> None:
+    config = load_run_config("cpu", ["optim.weight_decay=0.5", "stages.fusion.data.crop=96"])
+    fusion = stage_config(config, "fusion")
+    assert fusion["data"]["crop"] == 96 and fusion["data"]["max_side"] == 640
+    assert fusion["optim"]["weight_decay"] == 0.5  # from the base
+    assert fusion["optim"]["pixel_target"] == "max"
+    assert stage_config(config, "detect")["data"]["crop"] == 256
+    assert stage_is_empty(stage_config(config, "joint"))
+    assert not stage_is_empty(fusion)
+    config["stages"]["fusion"]["learning_rate"] = 1
+    with pytest.raises(ConfigError, match="stages.fusion: learning_rate"):
+        stage_config(config, "fusion")
+
+
+def test_lr_factor_warmup_cosine_and_steps() -> None:
+    cos = lr_factor("cosine", warmup_steps=10, total_steps=110, min_factor=0.1)
+    assert cos(0) == pytest.approx(0.1)  # warm-up starts at 1/10
+    assert cos(9) == pytest.approx(1.0)
+    assert cos(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert cos(110) == pytest.approx(0.1) and cos(500) == pytest.approx(0.1)
+    step = lr_factor("step", milestones=[5, 3], gamma=0.5)
+    assert [step(i) for i in (0, 2, 3, 4, 5, 9)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    assert lr_factor("constant", warmup_steps=4)(1) == 0.5
+    with pytest.raises(ConfigError, match="max_steps"):
+        lr_factor("cosine")
+
+
+def test_cached_pairs_crop_and_flip_move_the_attention_with_the_images() -> None:
+    h, w = 40, 50
+    ramp = (torch.arange(h * w, dtype=torch.float32).reshape(1, h, w) / (h * w)).half()
+    items = [
+        {
+            "ir": ramp,
+            "vi": 1 - ramp,
+            "attention": ramp,
+            "boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0]]),
+            "labels": torch.tensor([0]),
+            "stem": "a",
+            "dataset": "d",
+        }
+    ]
+    dataset = CachedPairs(items, Compose([RandomCrop(24), RandomHorizontalFlip(0.5)]))
+    seen_flip = seen_plain = False
+    for seed in range(12):
+        torch.manual_seed(seed)
+        s = dataset[0]
+        assert s["ir"].dtype == torch.float32 and s["ir"].shape == (1, 24, 24)
+        torch.testing.assert_close(s["attention"], s["ir"])
+        torch.testing.assert_close(s["vi"], 1 - s["ir"], atol=1e-3, rtol=0)
+        row = s["ir"][0, 0]
+        if row[0] > row[-1]:
+            seen_flip = True
+        else:
+            seen_plain = True
+    assert seen_flip and seen_plain
+    # the cache itself is never modified by augmentation
+    assert items[0]["boxes"].tolist() == [[10.0, 10.0, 30.0, 30.0]]
+    batch = collate_pairs([dataset[0], dataset[0]])
+    assert batch["attention"].shape == (2, 1, 24, 24) and "vi_rgb" not in batch
+
+
+def tiny_staged_config(*overrides: str) -> dict:
+    return load_run_config(
+        "cpu",
+        [
+            f"data.datasets=[{{root: {SHARED / 'msrs'}, label_set: infrared}}]",
+            "model.detector.fpn_channels=16",
+            "model.decoder_channels=[8, 8, 8]",
+            "data.num_workers=0",
+            "data.max_side=160",
+            "trainer.log_every_n_steps=1",
+            "trainer.limit_train_batches=2",
+            "stages.detect.data={crop: 64, batch_size: 2, repeat: 1}",
+            "stages.detect.trainer={max_epochs: 1, max_steps: null}",
+            "stages.fusion.data={crop: 48, batch_size: 2, repeat: 1}",
+            "stages.fusion.optim.schedule=constant",
+            "stages.fusion.optim.warmup_steps=0",
+            "stages.fusion.checkpoint_every=1",
+            *overrides,
+        ],
+    )
+
+
+@pytest.mark.slow
+@needs_shared
+def test_staged_run_trains_each_stage_and_resumes_exactly(tmp_path: Path) -> None:
+    fusion_epochs = "stages.fusion.trainer={max_epochs: %d, max_steps: null, max_time: null}"
+    straight = train(tiny_staged_config(fusion_epochs % 2), tmp_path / "a", progress=False)
+    for stage in ("stage1-detect", "stage2-fusion"):
+        done = json.loads((straight / stage / "done.json").read_text())
+        assert done["global_step"] == (2 if stage == "stage1-detect" else 4)
+        assert (straight / stage / "checkpoints" / "last.ckpt").is_file()
+    assert not (straight / "stage3-joint").exists()  # 0 epochs: skipped
+
+    # stage 2 never changes the detectors, and does change the fusion branch
+    def state(path: Path) -> dict[str, torch.Tensor]:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        return ckpt["state_dict"]
+
+    s1 = state(straight / "stage1-detect" / "checkpoints" / "last.ckpt")
+    s2 = state(straight / "stage2-fusion" / "checkpoints" / "last.ckpt")
+    attention = [k for k in s1 if k.startswith("model.attention.")]
+    fusion = [k for k in s1 if k.startswith("model.fusion.")]
+    assert all(torch.equal(s1[k], s2[k]) for k in attention)
+    assert any(not torch.equal(s1[k], s2[k]) for k in fusion)
+
+    # fit report on the split's validation part, one record per fusion epoch
+    records = [json.loads(x) for x in (straight / "fit_report.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert records[0]["loss_laplacian"] == records[1]["loss_laplacian"] > 0
+    assert all(math.isfinite(r["loss"]) and -1 <= r["corr_vi"] <= 1 for r in records)
+    assert 0 <= records[-1]["min_usage_moge"] <= 1
+
+    # interrupted after the first fusion epoch, resumed: identical to the straight run
+    part = train(tiny_staged_config(fusion_epochs % 1), tmp_path / "b", progress=False)
+    resumed = train(tiny_staged_config(fusion_epochs % 2), part, resume="auto", progress=False)
+    a = load_weights(straight / "moefusion.safetensors").state_dict()
+    b = load_weights(resumed / "moefusion.safetensors").state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@needs_shared
+def test_detect_stage_can_come_from_a_weights_file(tmp_path: Path) -> None:
+    first = train(
+        tiny_staged_config(
+            "stages.fusion.trainer={max_epochs: 1, max_steps: null, max_time: null}"
+        ),
+        tmp_path / "a",
+        progress=False,
+    )
+    weights = first / "moefusion.safetensors"
+    config = tiny_staged_config(
+        f"stages.detect.init_weights={weights}",
+        "stages.detect.trainer={max_epochs: 0, max_steps: null}",
+        "stages.fusion.trainer={max_epochs: 1, max_steps: null, max_time: null}",
+        "seed=3",
+    )
+    second = train(config, tmp_path / "b", progress=False)
+    assert not (second / "stage1-detect").exists()
+    a = load_weights(weights).state_dict()
+    b = load_weights(second / "moefusion.safetensors").state_dict()
+    # the attention branch is the file's; the fusion branch was trained afresh
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("attention."))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("fusion."))
