@@ -38,6 +38,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         "Adam 1e-3 constant, crop 128, batch 4, fp32, max target, alpha 10, load 0.01/0.02",
         [],
     ),
+    "alpha-ramp": (
+        "gradient weight ramped 0 -> alpha over 300 steps",
+        ["stages.fusion.optim.alpha_warmup_steps=300"],
+    ),
     "lr3e-3": ("learning rate 3e-3", ["stages.fusion.optim.lr=3.0e-3"]),
     "cosine": ("warm-up + cosine to 5 % over the base row's steps", ["cosine"]),
     "crop192": ("crop 192", ["stages.fusion.data.crop=192"]),
@@ -77,7 +81,9 @@ KEYS = (
 )
 
 
-def row_command(name: str, out: Path, minutes: float, base_steps: int | None) -> list[str]:
+def row_command(
+    name: str, out: Path, minutes: float, base_steps: int | None, common: list[str]
+) -> list[str]:
     weights = bundled_weights_path()
     if weights is None:
         raise SystemExit("no bundled weights: the study takes its attention branch from them")
@@ -98,7 +104,7 @@ def row_command(name: str, out: Path, minutes: float, base_steps: int | None) ->
         "--out", str(out / name),
         f"stages.detect.init_weights={weights}",
         f"stages.fusion.trainer.max_time={budget}",
-        *BASE, *extra,
+        *BASE, *common, *extra,
     ]  # fmt: skip
 
 
@@ -117,6 +123,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=4.0, help="stage-2 wall time per row")
     parser.add_argument("--parallel", type=int, default=2, help="rows at a time (1 thread each)")
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument(
+        "--common", nargs="*", default=[], metavar="KEY=VALUE",
+        help="overrides added to every row (a previous round's winners)",
+    )  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -136,7 +146,8 @@ def main() -> None:
                 break
             pending.pop(0)
             log = (args.out / f"{name}.log").open("w")
-            cmd = row_command(name, args.out, args.minutes, base["steps"] if base else None)
+            steps = base["steps"] if base else None
+            cmd = row_command(name, args.out, args.minutes, steps, args.common)
             print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
             running[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         time.sleep(5)
@@ -166,6 +177,9 @@ def main() -> None:
             f"Training-free outputs on the same validation pairs: average {ref['loss_average']:.4f}, "
             f"max {ref['loss_max']:.4f}, Laplacian pyramid {ref['loss_laplacian']:.4f}."
         )
+    if args.common:
+        lines.append("")
+        lines.append("Every row also has: " + ", ".join(f"`{c}`" for c in args.common) + ".")
     table = "\n".join(lines)
     print(table)
     (args.out / "study.md").write_text(table + "\n")

@@ -176,6 +176,7 @@ class FusionStageModule(L.LightningModule):
         self.model.attention.requires_grad_(False)
         optim = config["optim"]
         self.alpha = float(optim.get("alpha", 10.0))
+        self.alpha_warmup_steps = int(optim.get("alpha_warmup_steps") or 0)
         self.pixel_target = _check_choice(
             optim.get("pixel_target", "boxes"), PIXEL_TARGETS, "optim.pixel_target"
         )
@@ -196,7 +197,7 @@ class FusionStageModule(L.LightningModule):
             batch["vi"],
             boxes,
             out.load_loss,
-            alpha=self.alpha,
+            alpha=self.current_alpha(),
             valid=batch["valid"],
         )
         bsz = batch["ir"].shape[0]
@@ -208,6 +209,18 @@ class FusionStageModule(L.LightningModule):
                 self.log(f"gates/{key}_e{i}", share, batch_size=bsz)
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bsz)  # type: ignore[union-attr]
         return losses["total"]
+
+    def current_alpha(self) -> float:
+        """Gradient-loss weight now: ramped linearly from 0 over ``optim.alpha_warmup_steps``.
+
+        The gradient term compares Sobel magnitudes, which an inverted image matches as
+        well as the original; with the full weight from a random start the output can
+        settle into an inverted-infrared basin. A short pixel-loss-first warm-up fixes
+        the polarity before the texture term takes over (docs/architecture.md).
+        """
+        if self.alpha_warmup_steps <= 0:
+            return self.alpha
+        return self.alpha * min(1.0, self.global_step / self.alpha_warmup_steps)
 
     def configure_optimizers(self) -> Any:
         optim = self.run_config["optim"]
