@@ -35,7 +35,7 @@ BASE = [
 # name -> (what changes, overrides on top of BASE)
 ROWS: dict[str, tuple[str, list[str]]] = {
     "base": (
-        "Adam 1e-3 constant, crop 128, batch 4, fp32, max target, alpha 10, load 0.01/0.02",
+        "Adam 1e-3 constant, crop 128, batch 4, fp32, max target, alpha 10",
         [],
     ),
     "alpha-ramp": (
@@ -55,6 +55,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         ["stages.fusion.optim.pixel_target=boxes"],
     ),
     "alpha5": ("alpha 5", ["optim.alpha=5.0"]),
+    "load1x": (
+        "load-loss weights of the release (0.01 / 0.02)",
+        ["model.mole_load_weight=0.01", "model.moge_load_weight=0.02"],
+    ),
     "load10x": (
         "load-loss weights x10 (0.1 / 0.2)",
         ["model.mole_load_weight=0.1", "model.moge_load_weight=0.2"],
