@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moefusion.data.color import colorize, rgb_to_ycbcr, ycbcr_to_rgb
+from moefusion.data.color import colorize, colorize_u8, rgb_to_ycbcr, ycbcr_to_rgb
 from moefusion.data.io import (
     IMAGE_EXTENSIONS,
     image_size,
@@ -238,3 +238,12 @@ def test_colorize_with_luma_returns_original() -> None:
     assert brighter.mean() > rgb.mean()
     with pytest.raises(MoEFusionError):
         colorize(np.zeros((3, 3)), rgb)
+
+
+def test_colorize_u8_matches_save_rounding() -> None:
+    """Strip-wise colourisation (bounded memory) equals colorize + save_rgb_u8's rounding."""
+    rng = np.random.default_rng(2)
+    fused = rng.random((50, 9), dtype=np.float32)
+    vi_rgb = rng.random((50, 9, 3), dtype=np.float32)
+    want = np.clip(np.floor(colorize(fused, vi_rgb).astype(np.float64) * 255 + 0.5), 0, 255)
+    np.testing.assert_array_equal(colorize_u8(fused, vi_rgb, rows=7), want.astype(np.uint8))

@@ -174,22 +174,24 @@ def test_cli_errors(
     folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     base = ["evaluate", "--ir", str(folders["ir"]), "--vi", str(folders["vi"]), "--no-progress"]
-    # a fused stem without sources, and a method missing a stem
+    two = ["--fused", f"avg={folders['avg']}", "--fused", f"copy={folders['copy']}"]
+    # a fused image whose stem is in neither source folder (e.g. a figure) is skipped
     _write(folders["avg"] / "c.png", np.zeros(SIZE, np.uint8))
-    code, err = _run(
-        [
-            *base,
-            "--fused",
-            f"avg={folders['avg']}",
-            "--fused",
-            f"copy={folders['copy']}",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capsys,
-    )
-    assert code == 2 and "fused 'copy' lacks c" in err and "ir folder lacks c" in err
+    assert main([*base, *two, "--out", str(tmp_path / "skip")]) == 0
+    out = capsys.readouterr().out
+    assert "1 image(s) in fused 'avg' are not pairs" in out and "skipped: c" in out
+    # a stem one source has: the other source and a method missing it are errors
+    _write(folders["ir"] / "c.png", np.zeros(SIZE, np.uint8))
+    code, err = _run([*base, *two, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "fused 'copy' lacks c" in err and "vi folder lacks c" in err
     (folders["avg"] / "c.png").unlink()
+    (folders["ir"] / "c.png").unlink()
+    # no fused image pairs with the sources at all
+    _write(tmp_path / "other" / "z.png", np.zeros(SIZE, np.uint8))
+    code, err = _run(
+        [*base, "--fused", f"x={tmp_path / 'other'}", "--out", str(tmp_path / "o")], capsys
+    )
+    assert code == 2 and "no fused image has a source pair" in err
     # never write into an input folder
     code, err = _run(
         [*base, "--fused", f"avg={folders['avg']}", "--out", str(folders["avg"] / "x")], capsys

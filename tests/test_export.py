@@ -7,31 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from moefusion.cli import main
 from moefusion.export import export_onnx, export_torchscript, load_exported
-from moefusion.models import MoEFusion, NoisyTopKGate, build_model
+from moefusion.models import MoEFusion
 from moefusion.weights import save_weights
 
-TINY = {
-    "encoder_growth": 8,
-    "decoder_channels": [8, 8, 8],
-    "detector": {"backbone": "mobilenet_v3_large", "fpn_channels": 16},
-}
 #: (B, H, W): the sizes of the brief, plus a batch and a multiple of 32 (no detector padding)
 SHAPES = [(1, 64, 96), (1, 77, 123), (2, 50, 70)]
 ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def model() -> MoEFusion:
-    torch.manual_seed(0)
-    m = build_model(TINY, with_heads=False).eval()
-    for gate in m.modules():
-        if isinstance(gate, NoisyTopKGate):  # routing that depends on the input
-            nn.init.normal_(gate.w_gate, std=0.05)
-    return m
+def model(make_tiny_model) -> MoEFusion:
+    return make_tiny_model().eval()  # random gates: routing that depends on the input
 
 
 def _reference(model: MoEFusion, ir: torch.Tensor, vi: torch.Tensor) -> tuple[np.ndarray, ...]:

@@ -10,31 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from moefusion.cli import main
-from moefusion.commands.fuse import colorize_u8
-from moefusion.data import colorize
-from moefusion.models import NoisyTopKGate, build_model
-from moefusion.weights import save_weights
 
-TINY = {
-    "encoder_growth": 8,
-    "decoder_channels": [8, 8, 8],
-    "detector": {"backbone": "mobilenet_v3_large", "fpn_channels": 16},
-}
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 H, W = 40, 56
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = build_model(TINY, with_heads=False)
-    for gate in model.modules():
-        if isinstance(gate, NoisyTopKGate):
-            nn.init.normal_(gate.w_gate, std=0.05)
-    return save_weights(model, tmp_path_factory.mktemp("w") / "w.safetensors")
 
 
 def _write(path: Path, arr: np.ndarray) -> None:
@@ -56,18 +36,18 @@ def data(tmp_path: Path) -> tuple[Path, Path]:
     return ir, vi
 
 
-def _fuse(weights: Path, *args: object) -> int:
-    return main(["fuse", "--weights", str(weights), "--no-progress", *map(str, args)])
+def _fuse(tiny_weights: Path, *args: object) -> int:
+    return main(["fuse", "--weights", str(tiny_weights), "--no-progress", *map(str, args)])
 
 
 def _listing(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
 
 
-def test_single_sample_pair_with_color(weights: Path, tmp_path: Path) -> None:
+def test_single_sample_pair_with_color(tiny_weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     rc = _fuse(
-        weights, "--ir", SAMPLES / "ir" / "FLIR_05016.jpg", "--vi", SAMPLES / "vi" / "FLIR_05016.jpg",
+        tiny_weights, "--ir", SAMPLES / "ir" / "FLIR_05016.jpg", "--vi", SAMPLES / "vi" / "FLIR_05016.jpg",
         "--out", out, "--color",
     )  # fmt: skip
     assert rc == 0
@@ -78,12 +58,12 @@ def test_single_sample_pair_with_color(weights: Path, tmp_path: Path) -> None:
 
 
 def test_folders_batches_gates_and_figure(
-    weights: Path, data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_weights: Path, data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ir, vi = data
     out, gates, fig = tmp_path / "out", tmp_path / "g.json", tmp_path / "fig.png"
     rc = _fuse(
-        weights, "--ir", ir, "--vi", vi, "--out", out, "--color", "--batch-size", "2",
+        tiny_weights, "--ir", ir, "--vi", vi, "--out", out, "--color", "--batch-size", "2",
         "--save-gates", gates, "--figure", fig,
     )  # fmt: skip
     assert rc == 0
@@ -106,18 +86,18 @@ def test_folders_batches_gates_and_figure(
     assert Image.open(fig).size[0] > 300
     # batched run gives the same images as one pair at a time
     out1 = tmp_path / "out1"
-    assert _fuse(weights, "--ir", ir, "--vi", vi, "--out", out1) == 0
+    assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", out1) == 0
     for stem in "abc":
         a = np.asarray(Image.open(out / f"{stem}.png"), dtype=int)
         b = np.asarray(Image.open(out1 / f"{stem}.png"), dtype=int)
         assert np.abs(a - b).max() <= 1
 
 
-def test_tile_and_csv_gates(weights: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_tile_and_csv_gates(tiny_weights: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
     ir, vi = data
     out, gates = tmp_path / "out", tmp_path / "g.csv"
     rc = _fuse(
-        weights, "--ir", ir, "--vi", vi, "--out", out, "--tile", "32", "--overlap", "16",
+        tiny_weights, "--ir", ir, "--vi", vi, "--out", out, "--tile", "32", "--overlap", "16",
         "--save-gates", gates,
     )  # fmt: skip
     assert rc == 0
@@ -128,39 +108,70 @@ def test_tile_and_csv_gates(weights: Path, data: tuple[Path, Path], tmp_path: Pa
 
 
 def test_refuses_to_overwrite(
-    weights: Path, data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_weights: Path, data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ir, vi = data
     out = tmp_path / "out"
     out.mkdir()
     (out / "b.png").write_bytes(b"keep")
-    assert _fuse(weights, "--ir", ir, "--vi", vi, "--out", out) == 2
+    assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", out) == 2
     err = capsys.readouterr().err
     assert "already exist" in err and "b.png" in err and "--overwrite" in err
     assert _listing(out) == ["b.png"]  # checked before anything was written
-    assert _fuse(weights, "--ir", ir, "--vi", vi, "--out", out, "--overwrite") == 0
+    assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", out, "--overwrite") == 0
     assert _listing(out) == ["a.png", "b.png", "c.png"]
 
 
 def test_never_writes_into_inputs(
-    weights: Path, data: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    tiny_weights: Path, data: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     ir, vi = data
     before = _listing(ir.parent)
     for out in (ir, vi / "fused", ir.parent.parent / "in" / "ir" / "x"):
-        assert _fuse(weights, "--ir", ir, "--vi", vi, "--out", out) == 2
+        assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", out) == 2
         assert "input folder" in capsys.readouterr().err
     # single files: their folders are inputs too
-    assert _fuse(weights, "--ir", ir / "a.png", "--vi", vi / "a.png", "--out", vi) == 2
+    assert _fuse(tiny_weights, "--ir", ir / "a.png", "--vi", vi / "a.png", "--out", vi) == 2
     assert (
-        _fuse(weights, "--ir", ir, "--vi", vi, "--out", ir.parent / "o", "--figure", ir / "f.png")
+        _fuse(
+            tiny_weights, "--ir", ir, "--vi", vi, "--out", ir.parent / "o", "--figure", ir / "f.png"
+        )
         == 2
     )
     assert _listing(ir.parent) == before
 
 
+def test_two_files_into_a_sub_folder_of_their_folder(tiny_weights: Path, tmp_path: Path) -> None:
+    """The README's --tile example: both files in one folder, --out a folder below it."""
+    rng = np.random.default_rng(3)
+    _write(tmp_path / "big_ir.tif", rng.integers(0, 256, (H, W), dtype=np.uint8))
+    _write(tmp_path / "big_vi.png", rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+    files = ["--ir", tmp_path / "big_ir.tif", "--vi", tmp_path / "big_vi.png"]
+    assert _fuse(tiny_weights, *files, "--out", tmp_path / "fused", "--tile", "32") == 0
+    assert (tmp_path / "fused" / "big_ir.png").is_file()
+    assert _fuse(tiny_weights, *files, "--out", tmp_path) == 2  # beside the inputs: refused
+
+
+def test_device_names(
+    tiny_weights: Path, data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ir, vi = data
+    if not torch.cuda.is_available():
+        assert (
+            _fuse(
+                tiny_weights, "--ir", ir, "--vi", vi, "--out", tmp_path / "o", "--device", "cuda:1"
+            )
+            == 2
+        )
+        assert "CUDA is not available" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", tmp_path / "o", "--device", "gpu")
+    assert "unknown device" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_pair_does_not_stop_the_rest(
-    weights: Path, data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_weights: Path, data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ir, vi = data
     (ir / "d.png").write_bytes(b"not a png")
@@ -168,7 +179,7 @@ def test_bad_pair_does_not_stop_the_rest(
     _write(ir / "e.png", np.zeros((H, W), np.uint8))
     _write(vi / "e.png", np.zeros((H + 2, W), np.uint8))  # size mismatch
     out = tmp_path / "out"
-    assert _fuse(weights, "--ir", ir, "--vi", vi, "--out", out, "--batch-size", "4") == 1
+    assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", out, "--batch-size", "4") == 1
     captured = capsys.readouterr()
     lines = [x for x in captured.err.splitlines() if "failed" in x]
     assert len(lines) == 2
@@ -179,27 +190,30 @@ def test_bad_pair_does_not_stop_the_rest(
     assert "3/5" in captured.out and "2 failed" in captured.out
 
 
-def test_resize(weights: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_resize(tiny_weights: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
     ir, vi = data
     _write(vi / "a.png", np.zeros((H + 8, W + 4, 3), np.uint8))
-    assert _fuse(weights, "--ir", ir / "a.png", "--vi", vi / "a.png", "--out", tmp_path / "o1") == 1
+    assert (
+        _fuse(tiny_weights, "--ir", ir / "a.png", "--vi", vi / "a.png", "--out", tmp_path / "o1")
+        == 1
+    )
     for spec, shape in (("ir", (H, W)), ("vi", (H + 8, W + 4)), ("50x36", (36, 50))):
         out = tmp_path / spec
         rc = _fuse(
-            weights, "--ir", ir / "a.png", "--vi", vi / "a.png", "--out", out, "--resize", spec
+            tiny_weights, "--ir", ir / "a.png", "--vi", vi / "a.png", "--out", out, "--resize", spec
         )
         assert rc == 0
         assert np.asarray(Image.open(out / "a.png")).shape == shape
 
 
-def test_recursive_keeps_sub_paths(weights: Path, tmp_path: Path) -> None:
+def test_recursive_keeps_sub_paths(tiny_weights: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     for sub in ("day/x", "night/x"):
         _write(tmp_path / "ir" / f"{sub}.png", rng.integers(0, 256, (H, W), dtype=np.uint8))
         _write(tmp_path / "vi" / f"{sub}.png", rng.integers(0, 256, (H, W), dtype=np.uint8))
     out = tmp_path / "out"
     rc = _fuse(
-        weights,
+        tiny_weights,
         "--ir",
         tmp_path / "ir",
         "--vi",
@@ -216,7 +230,7 @@ def test_recursive_keeps_sub_paths(weights: Path, tmp_path: Path) -> None:
 
 
 def test_usage_errors(
-    weights: Path,
+    tiny_weights: Path,
     data: tuple[Path, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -229,10 +243,12 @@ def test_usage_errors(
     monkeypatch.setattr(moefusion.weights, "bundled_weights_path", lambda: None)
     assert main(["fuse", "--ir", str(ir), "--vi", str(vi), "--out", str(out)]) == 2
     assert "--weights" in capsys.readouterr().err
-    assert _fuse(weights, "--ir", ir, "--vi", vi, "--out", out, "--tile", "8") == 2
-    assert _fuse(weights, "--ir", ir, "--vi", vi, "--out", out, "--resize", "big") == 2
+    assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", out, "--tile", "8") == 2
+    assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", out, "--resize", "big") == 2
     assert (
-        _fuse(weights, "--ir", ir, "--vi", vi, "--out", out, "--save-gates", tmp_path / "g.txt")
+        _fuse(
+            tiny_weights, "--ir", ir, "--vi", vi, "--out", out, "--save-gates", tmp_path / "g.txt"
+        )
         == 2
     )
     assert _fuse(tmp_path / "missing.safetensors", "--ir", ir, "--vi", vi, "--out", out) == 2
@@ -240,23 +256,14 @@ def test_usage_errors(
 
 
 @pytest.mark.slow
-def test_samples_folder(weights: Path, tmp_path: Path) -> None:
+def test_samples_folder(tiny_weights: Path, tmp_path: Path) -> None:
     """All five bundled sample pairs (three datasets, up to 1280x1024), colour and tiles."""
     out = tmp_path / "out"
     rc = _fuse(
-        weights, "--ir", SAMPLES / "ir", "--vi", SAMPLES / "vi", "--out", out, "--color",
+        tiny_weights, "--ir", SAMPLES / "ir", "--vi", SAMPLES / "vi", "--out", out, "--color",
         "--tile", "512", "--figure", tmp_path / "fig.png",
     )  # fmt: skip
     assert rc == 0
     stems = sorted(p.stem for p in (SAMPLES / "ir").iterdir() if p.suffix in (".png", ".jpg"))
     assert sorted(p.stem for p in out.glob("*.png")) == stems
     assert np.asarray(Image.open(out / "010006.png")).shape == (1024, 1280)
-
-
-def test_colorize_u8_matches_save_rounding() -> None:
-    """Strip-wise colourisation (bounded memory) equals colorize + save_rgb_u8's rounding."""
-    rng = np.random.default_rng(2)
-    fused = rng.random((50, 9), dtype=np.float32)
-    vi_rgb = rng.random((50, 9, 3), dtype=np.float32)
-    want = np.clip(np.floor(colorize(fused, vi_rgb).astype(np.float64) * 255 + 0.5), 0, 255)
-    np.testing.assert_array_equal(colorize_u8(fused, vi_rgb, rows=7), want.astype(np.uint8))

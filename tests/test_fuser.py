@@ -9,36 +9,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 import moefusion
 from moefusion.data import colorize, to_gray
 from moefusion.errors import MoEFusionError, PairError
 from moefusion.fuser import Fuser, FusionResult, resolve_device, to_unit_image
-from moefusion.models import NoisyTopKGate, build_model
-from moefusion.weights import save_weights
 
-TINY = {
-    "encoder_growth": 8,
-    "decoder_channels": [8, 8, 8],
-    "detector": {"backbone": "mobilenet_v3_large", "fpn_channels": 16},
-}
 H, W = 40, 56
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = build_model(TINY, with_heads=False)
-    for gate in model.modules():
-        if isinstance(gate, NoisyTopKGate):  # distinct logits: a real top-K choice
-            nn.init.normal_(gate.w_gate, std=0.05)
-    return save_weights(model, tmp_path_factory.mktemp("w") / "w.safetensors")
-
-
-@pytest.fixture(scope="module")
-def fuser(weights: Path) -> Fuser:
-    return Fuser.from_file(weights, device="cpu")
+def fuser(tiny_weights: Path) -> Fuser:
+    return Fuser.from_file(tiny_weights, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +178,12 @@ def test_errors(
         with pytest.raises(MoEFusionError, match="CUDA"):
             resolve_device("cuda")
     assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_float_outside_unit_range_warns(fuser: Fuser, pair: tuple[np.ndarray, np.ndarray]) -> None:
+    """0-255 data passed as float is clipped (as before), but not silently."""
+    ir, vi = pair
+    want = fuser.fuse(np.clip(ir.astype(np.float32), 0, 1), vi)
+    with pytest.warns(UserWarning, match="0-255 data"):
+        got = fuser.fuse(ir.astype(np.float32), vi)
+    np.testing.assert_array_equal(got, want)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from moefusion.models import (
+    GateOutput,
     NoisyTopKGate,
     adaptive_avg_pool2d_cumsum,
     cv_squared,
     gates_to_load,
-    load_balancing_loss,
     prob_in_top_k,
     top_k_softmax,
 )
@@ -24,14 +24,21 @@ def test_cv_squared_by_hand() -> None:
     assert cv_squared(torch.tensor([7.0])).item() == 0.0
 
 
-def test_load_balancing_loss_hand_made_gates() -> None:
+def test_balancing_loss_hand_made_gates() -> None:
     gates = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.25, 0.75, 0.0]])
     load = gates_to_load(gates)
     assert load.tolist() == [1.0, 2.0, 1.0, 0.0]
     # importance = [0.5, 0.75, 0.75, 0]: mean 0.5, var (0 + 0.0625 + 0.0625 + 0.25)/3 = 0.125
     # load = [1, 2, 1, 0]: mean 1, var (0 + 1 + 0 + 1)/3 = 2/3
     expected = 0.125 / 0.25 + (2 / 3) / 1.0
-    assert load_balancing_loss(gates, load).item() == pytest.approx(expected, rel=1e-6)
+    out = GateOutput(
+        gates=gates,
+        load=load,
+        importance=gates.sum(0),
+        logits=torch.zeros_like(gates),
+        indices=torch.zeros(2, 2, dtype=torch.long),
+    )
+    assert out.balancing_loss().item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_top_k_softmax() -> None:

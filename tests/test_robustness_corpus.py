@@ -33,15 +33,9 @@ from moefusion.atomic import TEMP_MARK, atomic_path, check_writable
 from moefusion.cli import main
 from moefusion.data.io import save_image_atomic, to_unit_float
 from moefusion.errors import MoEFusionError
-from moefusion.models import build_model
-from moefusion.weights import CONFIG_KEY, save_weights
+from moefusion.weights import CONFIG_KEY
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-TINY = {
-    "encoder_growth": 8,
-    "decoder_channels": [8, 8, 8],
-    "detector": {"backbone": "mobilenet_v3_large", "fpn_channels": 16},
-}
 SIZE = (80, 64)  # (W, H) of the downscaled samples: VIF needs 41 px, fusing stays fast
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -125,13 +119,6 @@ def _good_folders(root: Path, samples: dict[str, tuple[Path, Path]], n: int = 3)
             (root / role).mkdir(parents=True, exist_ok=True)
             (root / role / src.name).write_bytes(src.read_bytes())
     return stems
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = build_model(TINY, with_heads=False)
-    return save_weights(model, tmp_path_factory.mktemp("w") / "tiny.safetensors")
 
 
 def _unwritable(tmp_path: Path, kind: str) -> Path:
@@ -266,7 +253,7 @@ def test_unwritable_outputs_are_refused_before_work(
     tmp_path: Path,
     kind: str,
     small_samples: dict,
-    weights: Path,
+    tiny_weights: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     src = tmp_path / "in"
@@ -281,7 +268,7 @@ def test_unwritable_outputs_are_refused_before_work(
             "--format",
             "torchscript",
             "--weights",
-            str(weights),
+            str(tiny_weights),
             "--out",
             str(bad / "m.pt"),
         ],
@@ -293,7 +280,7 @@ def test_unwritable_outputs_are_refused_before_work(
     # fuse --save-gates: found before any pair is fused (nothing written to --out)
     out = tmp_path / "fused"
     code, _, err = _cli(
-        ["fuse", *io, "--weights", str(weights), "--out", str(out), "--save-gates",
+        ["fuse", *io, "--weights", str(tiny_weights), "--out", str(out), "--save-gates",
          str(bad / "g.json"), "--no-progress"],
         capsys,
     )  # fmt: skip
@@ -301,21 +288,21 @@ def test_unwritable_outputs_are_refused_before_work(
 
 
 def test_same_input_and_bad_figure_are_refused(
-    tmp_path: Path, small_samples: dict, weights: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, small_samples: dict, tiny_weights: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = tmp_path / "in"
     _good_folders(src, small_samples, 2)
     out = tmp_path / "out"
     same = ["--ir", str(src / "ir"), "--vi", str(src / "ir"), "--out", str(out), "--no-progress"]
     for argv in (
-        ["fuse", "--weights", str(weights), *same],
+        ["fuse", "--weights", str(tiny_weights), *same],
         ["baseline", "--method", "max", *same],
     ):
         code, _, err = _cli(argv, capsys)
         assert code == 2 and "same folder" in _error_line(err) and not out.exists()
     io = ["--ir", str(src / "ir"), "--vi", str(src / "vi")]
     code, _, err = _cli(
-        ["fuse", "--weights", str(weights), *io, "--out", str(out), "--figure",
+        ["fuse", "--weights", str(tiny_weights), *io, "--out", str(out), "--figure",
          str(tmp_path / "fig.xyz"), "--no-progress"],
         capsys,
     )  # fmt: skip
@@ -325,16 +312,16 @@ def test_same_input_and_bad_figure_are_refused(
 # ----------------------------------------------------------------------------- weights
 
 
-def _bad_weights(tmp_path: Path, weights: Path) -> dict[str, Path]:
+def _bad_weights(tmp_path: Path, tiny_weights: Path) -> dict[str, Path]:
     from safetensors import safe_open
 
     tmp_path.mkdir(parents=True, exist_ok=True)
-    state = load_file(str(weights))
-    with safe_open(str(weights), framework="pt") as f:
+    state = load_file(str(tiny_weights))
+    with safe_open(str(tiny_weights), framework="pt") as f:
         meta = dict(f.metadata())
     files = {}
     files["truncated"] = tmp_path / "truncated.safetensors"
-    files["truncated"].write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    files["truncated"].write_bytes(tiny_weights.read_bytes()[: tiny_weights.stat().st_size // 2])
     files["empty"] = tmp_path / "empty.safetensors"
     files["empty"].write_bytes(b"")
     nan_state = dict(state)
@@ -352,7 +339,7 @@ def _bad_weights(tmp_path: Path, weights: Path) -> dict[str, Path]:
 
 
 def test_bad_weights_get_one_line(
-    tmp_path: Path, small_samples: dict, weights: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, small_samples: dict, tiny_weights: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = tmp_path / "in"
     _good_folders(src, small_samples, 1)
@@ -364,7 +351,7 @@ def test_bad_weights_get_one_line(
         "shapes": "wrong shape",
         "no_config": "no moefusion model config",
     }
-    for name, path in _bad_weights(tmp_path / "w", weights).items():
+    for name, path in _bad_weights(tmp_path / "w", tiny_weights).items():
         out = tmp_path / f"fused_{name}"
         code, _, err = _cli(
             ["fuse", *io, "--weights", str(path), "--out", str(out), "--no-progress"], capsys
@@ -382,11 +369,11 @@ def test_bad_weights_get_one_line(
 
 
 def test_export_opset_and_existing_output(
-    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = tmp_path / "m.onnx"
     code, _, err = _cli(
-        ["export", "--format", "onnx", "--weights", str(weights), "--out", str(target),
+        ["export", "--format", "onnx", "--weights", str(tiny_weights), "--out", str(target),
          "--opset", "3"],
         capsys,
     )  # fmt: skip
@@ -394,7 +381,7 @@ def test_export_opset_and_existing_output(
     assert code == 2 and "opset 3" in line and len(line) < 200 and not target.exists()
     target.write_text("keep me")
     code, _, err = _cli(
-        ["export", "--format", "onnx", "--weights", str(weights), "--out", str(target)], capsys
+        ["export", "--format", "onnx", "--weights", str(tiny_weights), "--out", str(target)], capsys
     )
     assert code == 2 and "--overwrite" in _error_line(err) and target.read_text() == "keep me"
 
@@ -403,7 +390,7 @@ def test_export_opset_and_existing_output(
 
 
 def test_train_refuses_bad_overrides_checkpoints_and_existing_runs(
-    tmp_path: Path, small_samples: dict, weights: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, small_samples: dict, tiny_weights: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "data"
     _good_folders(data, small_samples, 2)
@@ -431,7 +418,7 @@ def test_train_refuses_bad_overrides_checkpoints_and_existing_runs(
     empty = run / "checkpoints" / "empty.ckpt"
     empty.write_bytes(b"")
     for resume, words in ((str(run / "checkpoints" / "last.ckpt"), "truncated or corrupt"),
-                          (str(weights), "safetensors file"),
+                          (str(tiny_weights), "safetensors file"),
                           (str(empty), "empty")):  # fmt: skip
         code, _, err = _cli([*base, "--out", str(run), "--resume", resume], capsys)
         line = _error_line(err)
@@ -529,7 +516,7 @@ def test_evaluate_marks_undefined_values(
 def test_fuse_tiles_automatically_when_memory_is_short(
     tmp_path: Path,
     small_samples: dict,
-    weights: Path,
+    tiny_weights: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -541,7 +528,7 @@ def test_fuse_tiles_automatically_when_memory_is_short(
     monkeypatch.setattr(fuser_module, "available_memory", lambda device="cpu": 1000)
     out = tmp_path / "out"
     code, _, err = _cli(
-        ["fuse", "--ir", str(src / "ir"), "--vi", str(src / "vi"), "--weights", str(weights),
+        ["fuse", "--ir", str(src / "ir"), "--vi", str(src / "vi"), "--weights", str(tiny_weights),
          "--out", str(out), "--save-gates", str(tmp_path / "g.json"), "--no-progress"],
         capsys,
     )  # fmt: skip
@@ -555,7 +542,7 @@ SCRIPT = "import sys\nfrom moefusion.cli import main\nsys.exit(main(sys.argv[1:]
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery")
 def test_sigint_during_fuse_leaves_only_complete_files(
-    tmp_path: Path, small_samples: dict, weights: Path
+    tmp_path: Path, small_samples: dict, tiny_weights: Path
 ) -> None:
     src = tmp_path / "in"
     for role in ("ir", "vi"):
@@ -570,7 +557,7 @@ def test_sigint_during_fuse_leaves_only_complete_files(
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-c", SCRIPT, "fuse", "--ir", str(src / "ir"),
-         "--vi", str(src / "vi"), "--weights", str(weights), "--out", str(out), "--color",
+         "--vi", str(src / "vi"), "--weights", str(tiny_weights), "--out", str(out), "--color",
          "--save-gates", str(gates), "--device", "cpu", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from moefusion.models import FusionNetwork, MoEFusionConfig, NoisyTopKGate, build_model
+from moefusion.models import FusionNetwork, MoEFusionConfig, NoisyTopKGate
 from moefusion.tiling import (
     axis_weights,
     default_margin,
@@ -19,11 +19,6 @@ from moefusion.tiling import (
     validate_tiling,
 )
 
-TINY = {
-    "encoder_growth": 8,
-    "decoder_channels": [8, 8, 8],
-    "detector": {"backbone": "mobilenet_v3_large", "fpn_channels": 16},
-}
 #: 4 encoder + 2 MoLE-expert + 4 MoGE-expert 3x3 convolutions.
 FUSION_RADIUS = 10
 
@@ -126,11 +121,11 @@ def test_receptive_field_beyond_margin_is_not_exact() -> None:
     assert diff > 1e-5
 
 
-def test_fusion_network_is_exact_when_tiled() -> None:
+def test_fusion_network_is_exact_when_tiled(tiny_config: dict) -> None:
     """The real fusion network with fixed (zero-weight) gates and a given attention map
     is local with radius 10: tiles with margin >= 10 reproduce the whole-image output."""
     torch.manual_seed(0)
-    fusion = FusionNetwork.from_config(MoEFusionConfig.from_dict(TINY)).eval()
+    fusion = FusionNetwork.from_config(MoEFusionConfig.from_dict(tiny_config)).eval()
     # zero gate weights (their initial value): equal logits, the same experts everywhere
     assert all(torch.all(g.w_gate == 0) for g in fusion.modules() if isinstance(g, NoisyTopKGate))
     ir, vi, att = (torch.rand(1, 1, 100, 130) for _ in range(3))
@@ -146,17 +141,13 @@ def test_fusion_network_is_exact_when_tiled() -> None:
     torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)
 
 
-def test_full_model_tiled_close_to_whole() -> None:
+def test_full_model_tiled_close_to_whole(make_tiny_model) -> None:
     """With gates and attention per tile the full model is only approximately local.
 
     Random-init tiny model with random gate weights, so routing differs between tiles:
     the interior (16 px from the image border) stays within 0.05 of the whole-image
     result (docs/fuse.md reports the difference measured with trained weights)."""
-    torch.manual_seed(0)
-    model = build_model(TINY, with_heads=False).eval()
-    for gate in model.modules():
-        if isinstance(gate, NoisyTopKGate):
-            nn.init.normal_(gate.w_gate, std=0.05)
+    model = make_tiny_model().eval()  # seed 0, random gates
     ir, vi = torch.rand(1, 1, 96, 128), torch.rand(1, 1, 96, 128)
 
     def fn(a: Tensor, b: Tensor) -> Tensor:

@@ -6,8 +6,11 @@ Reusable from Python (a report script calls these)::
     summaries = summarise(res)
     write_tables(res, summaries, Path("evaluation"))
 
-Images are paired by file stem. Colour images are turned to gray the way each
-convention's reference toolbox does (:func:`moefusion.metrics.to_gray_u8`). Means are
+Images are paired by file stem (:func:`moefusion.data.list_images`) and read by the data
+layer (:func:`moefusion.data.read_image`, 8-bit only). A fused image whose stem is in
+neither source folder is not a pair (e.g. the ``--figure`` of ``moefusion fuse`` written
+into its ``--out``): it is skipped and listed in :attr:`EvaluationResults.skipped_fused`.
+Colour images are turned to gray the way each convention's reference toolbox does (:func:`moefusion.metrics.to_gray_u8`). Means are
 plain means over images of the per-image values, as the reference scripts compute them,
 except that undefined values (NaN, and the infinite PSNR of a fused image equal to a
 source) are left out: the per-image table marks them in its ``undefined`` column and the
@@ -19,18 +22,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from moefusion.atomic import atomic_open, atomic_write_text
-from moefusion.data.io import IMAGE_EXTENSIONS
+from moefusion.data.io import IMAGE_EXTENSIONS, parse_size, read_image, resize_image
+from moefusion.data.pairs import format_names, list_images
 from moefusion.errors import ImageReadError, MoEFusionError, PairError
 from moefusion.metrics import (
     CONVENTION_DESCRIPTIONS,
@@ -46,11 +47,12 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "EvaluationResults",
     "Summary",
-    "check_output_outside",
+    "check_conventions",
     "evaluate_folders",
     "markdown_table",
     "output_files",
     "parse_resize",
+    "read_u8",
     "summarise",
     "undefined_values",
     "write_tables",
@@ -68,63 +70,21 @@ MARKING_NOTE = (
 # ----------------------------------------------------------------------------- reading
 
 
-def _read_u8(path: Path) -> np.ndarray:
-    """Read an 8-bit image file as (H, W) gray or (H, W, 3) RGB uint8 (EXIF orientation applied).
+def read_u8(path: Path) -> np.ndarray:
+    """Read an 8-bit image file as (H, W) gray or (H, W, 3) RGB uint8 with the data layer's
+    decoder (:func:`moefusion.data.read_image`: EXIF orientation applied, alpha dropped).
 
     Raises:
         ImageReadError: missing, unreadable, or not 8 bits per channel.
     """
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                raise ImageReadError(
-                    f"{path}: {im.mode} images are not 8-bit; the metrics need 8-bit images"
-                )
-            if im.mode in ("1", "L", "LA", "La"):
-                return np.asarray(im.convert("L"))
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError as exc:
-        raise ImageReadError(f"image file not found: {path}") from exc
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-    ) as exc:
-        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
-
-
-def _list_images(folder: Path, role: str) -> dict[str, Path]:
-    """{stem: path} of the images directly inside ``folder``.
-
-    Raises:
-        ImageReadError: the folder does not exist or holds no images.
-        PairError: two files share a stem (e.g. a.png and a.jpg), so pairing is ambiguous.
-    """
-    if not folder.is_dir():
-        raise ImageReadError(f"{role} folder not found: {folder}")
-    found: dict[str, Path] = {}
-    clashes: list[str] = []
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
-            if p.stem in found:
-                clashes.append(f"{found[p.stem].name} / {p.name}")
-            found[p.stem] = p
-    if clashes:
-        raise PairError(f"{role} folder {folder} has several images per stem: {', '.join(clashes)}")
-    if not found:
-        raise ImageReadError(
-            f"{role} folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
-        )
-    return found
+    img = read_image(path)
+    if img.dtype != np.uint8:
+        raise ImageReadError(f"{path}: 16-bit image; the metrics need 8-bit images")
+    return img
 
 
 def _names(stems: Iterable[str], limit: int = 8) -> str:
-    s = sorted(stems)
-    more = f" ... (+{len(s) - limit} more)" if len(s) > limit else ""
-    return ", ".join(s[:limit]) + more
+    return format_names(sorted(stems), limit)
 
 
 # ----------------------------------------------------------------------------- resizing
@@ -134,23 +94,17 @@ def parse_resize(spec: str | None) -> str | tuple[int, int] | None:
     """``None``, ``'source'``, ``'fused'`` or ``'WxH'`` -> None, the mode, or (W, H).
 
     ``source``: resize both sources to the fused image's size; ``fused``: resize the
-    fused image to the sources' size; ``WxH``: resize all three. Always cv2 bilinear.
+    fused image to the sources' size; ``WxH``: resize all three. Always cv2 bilinear
+    (:func:`moefusion.data.resize_image`).
     """
     if spec is None or spec in RESIZE_MODES:
         return spec
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", spec)
-    if not m or int(m.group(1)) < 2 or int(m.group(2)) < 2:
+    size = parse_size(spec)
+    if size is None:
         raise MoEFusionError(
             f"--resize must be WxH (e.g. 640x480), 'source' or 'fused', got {spec!r}"
         )
-    return int(m.group(1)), int(m.group(2))
-
-
-def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W[, 3]) uint8 -> the same at size (W, H) with cv2 bilinear (INTER_LINEAR)."""
-    if (img.shape[1], img.shape[0]) == size:
-        return img
-    return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+    return size
 
 
 def _size(img: np.ndarray) -> tuple[int, int]:
@@ -170,6 +124,9 @@ class EvaluationResults:
     values: dict[str, dict[str, dict[str, dict[str, float]]]]
     resize: str | tuple[int, int] | None = None
     skipped_sources: tuple[str, ...] = field(default=())
+    #: per method, the fused images whose stem is in neither source folder (not pairs,
+    #: e.g. a figure saved into the fused folder): skipped.
+    skipped_fused: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def rows(self, convention: str) -> list[dict[str, str | float]]:
         """One row per (method, stem): {'method', 'stem', metric: value, ...}."""
@@ -182,7 +139,12 @@ class EvaluationResults:
         return out
 
 
-def _check_conventions(conventions: Sequence[str] | str) -> tuple[str, ...]:
+def check_conventions(conventions: Sequence[str] | str) -> tuple[str, ...]:
+    """Convention names (or ``"all"``) -> the checked, de-duplicated tuple.
+
+    Raises:
+        MoEFusionError: an unknown name, or none.
+    """
     if isinstance(conventions, str):
         conventions = CONVENTIONS if conventions == "all" else (conventions,)
     for c in conventions:
@@ -194,9 +156,19 @@ def _check_conventions(conventions: Sequence[str] | str) -> tuple[str, ...]:
 
 def _pair_stems(
     ir: dict[str, Path], vi: dict[str, Path], fused: dict[str, dict[str, Path]]
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(stems to evaluate, source stems without fused images); raises PairError on gaps."""
-    wanted = set().union(*(set(f) for f in fused.values()))
+) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """(stems to evaluate, source stems without fused images, per method the fused stems
+    in neither source folder); raises PairError on gaps."""
+    sources = set(ir) | set(vi)
+    not_pairs = {m: tuple(sorted(set(f) - sources)) for m, f in fused.items()}
+    not_pairs = {m: stems for m, stems in not_pairs.items() if stems}
+    wanted = set().union(*(set(f) & sources for f in fused.values()))
+    if not wanted:
+        every = set().union(*(set(f) for f in fused.values()))
+        raise PairError(
+            f"no fused image has a source pair: the fused stems ({_names(every)}) are in "
+            "neither source folder"
+        )
     problems = []
     for method, files in fused.items():
         missing = wanted - set(files)
@@ -208,19 +180,8 @@ def _pair_stems(
             problems.append(f"{role} folder lacks {_names(missing)}")
     if problems:
         raise PairError("unpaired images: " + "; ".join(problems))
-    skipped = (set(ir) | set(vi)) - wanted
-    return tuple(sorted(wanted)), tuple(sorted(skipped))
-
-
-def check_output_outside(out_dir: Path, inputs: Iterable[Path]) -> None:
-    """Raise MoEFusionError when ``out_dir`` equals or lies inside one of ``inputs``."""
-    out = out_dir.resolve()
-    for d in inputs:
-        d = d.resolve()
-        if out == d or d in out.parents:
-            raise MoEFusionError(
-                f"output folder {out_dir} is inside input folder {d}; choose another --out"
-            )
+    skipped = sources - wanted
+    return tuple(sorted(wanted)), tuple(sorted(skipped)), not_pairs
 
 
 def evaluate_folders(
@@ -248,13 +209,13 @@ def evaluate_folders(
     """
     if not fused:
         raise MoEFusionError("no fused folder given")
-    convs = _check_conventions(conventions)
+    convs = check_conventions(conventions)
     if isinstance(resize, str) or resize is None:
         resize = parse_resize(resize)
-    ir = _list_images(Path(ir_dir), "ir")
-    vi = _list_images(Path(vi_dir), "vi")
-    fused_files = {m: _list_images(Path(d), f"fused '{m}'") for m, d in fused.items()}
-    stems, skipped = _pair_stems(ir, vi, fused_files)
+    ir = list_images(ir_dir, "ir")
+    vi = list_images(vi_dir, "vi")
+    fused_files = {m: list_images(d, f"fused '{m}'") for m, d in fused.items()}
+    stems, skipped, not_pairs = _pair_stems(ir, vi, fused_files)
     methods = tuple(fused)
     values: dict[str, dict[str, dict[str, dict[str, float]]]] = {
         c: {m: {} for m in methods} for c in convs
@@ -262,14 +223,14 @@ def evaluate_folders(
     bar = tqdm(total=len(stems) * len(methods), desc="evaluate", unit="img", disable=not progress)
     with bar:
         for stem in stems:
-            a, b = _read_u8(ir[stem]), _read_u8(vi[stem])
+            a, b = read_u8(ir[stem]), read_u8(vi[stem])
             if _size(a) != _size(b) and not isinstance(resize, tuple):
                 raise PairError(
                     f"{stem}: ir is {_size(a)[0]}x{_size(a)[1]} but vi is "
                     f"{_size(b)[0]}x{_size(b)[1]} (use --resize WxH)"
                 )
             for method in methods:
-                f = _read_u8(fused_files[method][stem])
+                f = read_u8(fused_files[method][stem])
                 a2, b2, f2 = _match_sizes(a, b, f, resize, stem, method)
                 for c in convs:
                     try:
@@ -279,7 +240,7 @@ def evaluate_folders(
                     except MetricInputError as exc:
                         raise MetricInputError(f"{stem} (fused '{method}'): {exc}") from exc
                 bar.update(1)
-    return EvaluationResults(convs, methods, stems, values, resize, skipped)
+    return EvaluationResults(convs, methods, stems, values, resize, skipped, not_pairs)
 
 
 def _match_sizes(
@@ -291,13 +252,13 @@ def _match_sizes(
     method: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(resize, tuple):
-        return _resize(a, resize), _resize(b, resize), _resize(f, resize)
+        return resize_image(a, resize), resize_image(b, resize), resize_image(f, resize)
     if _size(f) == _size(a):
         return a, b, f
     if resize == "source":
-        return _resize(a, _size(f)), _resize(b, _size(f)), f
+        return resize_image(a, _size(f)), resize_image(b, _size(f)), f
     if resize == "fused":
-        return a, b, _resize(f, _size(a))
+        return a, b, resize_image(f, _size(a))
     raise PairError(
         f"{stem}: fused '{method}' is {_size(f)[0]}x{_size(f)[1]} but the sources are "
         f"{_size(a)[0]}x{_size(a)[1]}; pass --resize source|fused|WxH to resize (cv2 bilinear)"

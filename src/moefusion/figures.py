@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from moefusion.errors import MoEFusionError
+
+if TYPE_CHECKING:
+    from moefusion.data.io import LoadedPair
 
 __all__ = ["DEFAULT_COLUMNS", "MAX_ROWS", "FigureRow", "save_pair_figure", "thumbnail"]
 
@@ -40,6 +44,22 @@ class FigureRow:
     vi: np.ndarray
     fused: np.ndarray
     fused_color: np.ndarray | None = None
+
+    @classmethod
+    def from_pair(cls, title: str, pair: LoadedPair, fused: np.ndarray) -> FigureRow:
+        """Thumbnails of a decoded pair and its fused image; the colour panel is the
+        thumbnail colourised (:func:`moefusion.data.colorize`), the visible panel RGB
+        only when the visible image has colour."""
+        from moefusion.data.color import colorize
+
+        small_fused, small_rgb = thumbnail(fused), thumbnail(pair.vi_rgb)
+        return cls(
+            title=title,
+            ir=thumbnail(pair.ir),
+            vi=small_rgb if pair.vi_is_color else thumbnail(pair.vi),
+            fused=small_fused,
+            fused_color=colorize(small_fused, small_rgb),
+        )
 
 
 def thumbnail(image: np.ndarray, max_side: int = 480) -> np.ndarray:

@@ -15,11 +15,14 @@ uint16 or float in [0, 1]), PIL images (EXIF orientation applied) or torch tenso
 (``[H,W]``, ``[C,H,W]`` or a batch ``[B,C,H,W]``, C in 1/3/4, float in [0, 1] or uint8).
 Colour becomes gray with the BT.601 luma (as :func:`moefusion.data.to_gray`), alpha is
 dropped and 16-bit data is normalised with ``high_bit`` (see
-:func:`moefusion.data.to_unit_float`).
+:func:`moefusion.data.to_unit_float`). Float values outside [0, 1] (e.g. 0-255 data
+kept as float) are clipped, with a warning. PIL images are decoded by
+:func:`moefusion.data.decode_pil`, the decoder the command line uses for files.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +30,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 
-from moefusion.data import colorize, to_gray, to_unit_float
+from moefusion.data import colorize, decode_pil, same_size_batches, to_gray, to_unit_float
 from moefusion.errors import MoEFusionError, PairError
 from moefusion.models import MoEFusion
-from moefusion.tiling import default_overlap, fuse_tiled, validate_tiling
+from moefusion.tiling import (
+    AUTO_TILE,
+    available_memory,
+    default_overlap,
+    estimate_fuse_bytes,
+    fuse_tiled,
+    validate_tiling,
+)
 
 __all__ = [
     "AUTO_TILE",
@@ -75,10 +85,11 @@ class FusionResult:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; other names as :class:`torch.device`.
+    """``"auto"`` -> cuda when available, else cpu; ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+    ``"mps"`` (and other names) as :class:`torch.device`.
 
     Raises:
-        MoEFusionError: unknown device name, or cuda requested but not available.
+        MoEFusionError: unknown device name, or a cuda / mps device that is not available.
     """
     if isinstance(device, torch.device):
         dev = device
@@ -88,35 +99,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError) as exc:
-            raise MoEFusionError(f"unknown device {device!r}; use cpu, cuda or auto") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MoEFusionError("device cuda requested but CUDA is not available; use --device cpu")
+            raise MoEFusionError(
+                f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps"
+            ) from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MoEFusionError(
+                f"device {dev} requested but CUDA is not available; use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MoEFusionError(
+                f"device {dev} requested but only {torch.cuda.device_count()} CUDA device(s) "
+                "are visible"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise MoEFusionError("device mps requested but MPS is not available; use --device cpu")
     return dev
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def _pil_to_array(image: Image.Image) -> np.ndarray:
-    image = ImageOps.exif_transpose(image)
-    mode = image.mode
-    if mode.startswith("I;16"):
-        return np.asarray(image).astype(np.uint16)
-    if mode in ("I", "F"):
-        arr = np.asarray(image)
-        if mode == "I":
-            if arr.size and (arr.min() < 0 or arr.max() > 65535):
-                raise MoEFusionError(
-                    f"unsupported 32-bit PIL image range [{arr.min()}, {arr.max()}]"
-                )
-            return arr.astype(np.uint16)
-        return arr.astype(np.float32)
-    if mode in ("L", "RGB"):
-        return np.asarray(image)
-    if mode in ("1", "LA", "La"):
-        return np.asarray(image.convert("L"))
-    # palette, RGBA, CMYK, YCbCr, ...: RGB (alpha dropped)
-    return np.asarray(image.convert("RGB"))
 
 
 def _tensor_to_array(t: Tensor) -> np.ndarray:
@@ -145,7 +146,7 @@ def to_unit_image(image: ImageInput, *, high_bit: str = "percentile") -> np.ndar
         MoEFusionError: unsupported type, shape or dtype.
     """
     if isinstance(image, Image.Image):
-        arr = _pil_to_array(image)
+        arr = decode_pil(image)
     elif isinstance(image, Tensor):
         arr = _tensor_to_array(image)
     elif isinstance(image, np.ndarray):
@@ -164,8 +165,18 @@ def to_unit_image(image: ImageInput, *, high_bit: str = "percentile") -> np.ndar
         return arr
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        raise MoEFusionError("image contains NaN or infinite values")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise MoEFusionError("image contains NaN or infinite values")
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if lo < 0.0 or hi > 1.0:
+            hint = " (0-255 data? pass uint8, or divide by 255)" if hi > 1.5 else ""
+            warnings.warn(
+                f"float image values span [{lo:g}, {hi:g}] but are read as [0, 1]: values "
+                f"outside are clipped{hint}",
+                UserWarning,
+                stacklevel=4,
+            )
     return to_unit_float(arr, high_bit=high_bit)
 
 
@@ -330,6 +341,21 @@ class Fuser:
             prepared, tile=tile, overlap=overlap, batch_size=batch_size, details=details
         )
 
+    def untiled_memory(self, height: int, width: int, batch: int = 1) -> tuple[int, int | None]:
+        """``(bytes an untiled pass of batch x height x width needs, bytes available on the
+        device or None if unknown)``; see :func:`~moefusion.tiling.estimate_fuse_bytes`."""
+        need = estimate_fuse_bytes(height, width, batch, self.model, self.device)
+        return need, available_memory(self.device)
+
+    def auto_tile(self, height: int, width: int, batch: int = 1) -> int | None:
+        """:data:`~moefusion.tiling.AUTO_TILE` when ``batch`` untiled ``height x width``
+        pairs would not fit in the available memory (and the image is larger than one
+        tile), else None: fuse untiled."""
+        need, have = self.untiled_memory(height, width, batch)
+        if have is None or need <= have or min(height, width) <= AUTO_TILE:
+            return None
+        return AUTO_TILE
+
     # --------------------------------------------------------------- internals
     @staticmethod
     def _check_pair(p: _Prepared, index: int) -> None:
@@ -364,17 +390,12 @@ class Fuser:
     ) -> list[FusionResult]:
         """Fuse checked pairs, batching same-size neighbours, in input order."""
         results: list[FusionResult | None] = [None] * len(prepared)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, p in enumerate(prepared):
-            groups.setdefault(p.ir.shape, []).append(i)  # type: ignore[arg-type]
-        for indices in groups.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start : start + batch_size]
-                out = self._run_batch(
-                    [prepared[i] for i in chunk], tile=tile, overlap=overlap, details=details
-                )
-                for i, r in zip(chunk, out, strict=True):
-                    results[i] = r
+        for chunk in same_size_batches([p.ir.shape for p in prepared], batch_size):
+            out = self._run_batch(
+                [prepared[i] for i in chunk], tile=tile, overlap=overlap, details=details
+            )
+            for i, r in zip(chunk, out, strict=True):
+                results[i] = r
         return [r for r in results if r is not None]
 
     def _forward(self, ir: Tensor, vi: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -438,76 +459,6 @@ class Fuser:
                 res.tile_gates = [{k: v[b].numpy() for k, v in g.items()} for g in tile_gates]
             results.append(res)
         return results
-
-
-# ----------------------------------------------------------------------------- memory
-
-#: Tile side that ``moefusion fuse`` falls back to when an untiled pair would not fit.
-AUTO_TILE = 1024
-#: Measured peak memory per pixel of one untiled forward pass of the bundled (``cpu``
-#: config) network: about 1.1 kB on the CPU, rounded up.
-BYTES_PER_PIXEL = 1200
-#: Share of the available memory an untiled pass may plan to use.
-MEMORY_HEADROOM = 0.8
-
-
-def estimate_fuse_bytes(
-    height: int, width: int, batch: int = 1, model: MoEFusion | None = None, device: Any = None
-) -> int:
-    """Rough peak memory (bytes) of fusing ``batch`` untiled ``height x width`` pairs.
-
-    Activations dominate and grow linearly with the pixel count; wider models than the
-    bundled one (``encoder_growth``, ``decoder_channels``) scale it up proportionally.
-    """
-    factor = 1.0
-    cfg = getattr(model, "config", None)
-    if cfg is not None:
-        growth = float(getattr(cfg, "encoder_growth", 8) or 8)
-        decoder = getattr(cfg, "decoder_channels", None) or (16, 16, 8)
-        factor = max(1.0, growth / 8.0, float(sum(decoder)) / 40.0)
-    return int(BYTES_PER_PIXEL * factor * height * width * max(1, batch))
-
-
-def _cgroup_limit() -> int | None:
-    """Memory left under a cgroup (container) limit, if there is one."""
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        (
-            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-        ),
-    ):
-        try:
-            raw = Path(limit_file).read_text().strip()
-            if raw == "max" or int(raw) >= 1 << 60:
-                continue
-            return max(0, int(raw) - int(Path(usage_file).read_text().strip()))
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def available_memory(device: str | torch.device = "cpu") -> int | None:
-    """Bytes an untiled pass may use on ``device`` (with headroom), or None if unknown."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        try:
-            free, _ = torch.cuda.mem_get_info(dev)
-        except (RuntimeError, AssertionError):
-            return None
-        return int(free * MEMORY_HEADROOM)
-    have: int | None = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                have = int(line.split()[1]) * 1024
-                break
-    except (OSError, ValueError, IndexError):
-        have = None
-    limit = _cgroup_limit()
-    if limit is not None:
-        have = limit if have is None else min(have, limit)
-    return None if have is None else int(have * MEMORY_HEADROOM)
 
 
 def _size(a: np.ndarray) -> str:

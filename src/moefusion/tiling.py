@@ -20,6 +20,9 @@ branch), where it hides the seams.
 Memory: the output accumulator ``[B, C, H, W]`` is the only full-size buffer. Because
 tiles lie on a grid and windows are separable, the accumulated weight is the outer
 product of two 1-D sums and is never materialised at full resolution.
+
+Memory planning (:func:`estimate_fuse_bytes`, :func:`available_memory`) decides when an
+untiled pass would not fit and ``moefusion fuse`` falls back to :data:`AUTO_TILE` tiles.
 """
 
 from __future__ import annotations
@@ -27,17 +30,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "AUTO_TILE",
+    "BYTES_PER_PIXEL",
     "DEFAULT_OVERLAP_FRACTION",
+    "MEMORY_HEADROOM",
     "MIN_TILE",
     "Tile",
+    "available_memory",
     "axis_weights",
     "default_margin",
     "default_overlap",
+    "estimate_fuse_bytes",
     "fuse_tiled",
     "tile_grid",
     "tile_starts",
@@ -227,3 +237,73 @@ def fuse_tiled(
     inv_rows = (1.0 / row_sum).to(torch.float32).to(acc.device)
     acc.mul_(inv_rows.view(-1, 1)).mul_(inv_cols)
     return acc
+
+
+# ---------------------------------------------------------------------- memory planning
+
+#: Tile side that ``moefusion fuse`` falls back to when an untiled pair would not fit.
+AUTO_TILE = 1024
+#: Measured peak memory per pixel of one untiled forward pass of the bundled (``cpu``
+#: config) network: about 1.1 kB on the CPU, rounded up.
+BYTES_PER_PIXEL = 1200
+#: Share of the available memory an untiled pass may plan to use.
+MEMORY_HEADROOM = 0.8
+
+
+def estimate_fuse_bytes(
+    height: int, width: int, batch: int = 1, model: Any = None, device: Any = None
+) -> int:
+    """Rough peak memory (bytes) of fusing ``batch`` untiled ``height x width`` pairs.
+
+    Activations dominate and grow linearly with the pixel count; wider models than the
+    bundled one (``encoder_growth``, ``decoder_channels``) scale it up proportionally.
+    """
+    factor = 1.0
+    cfg = getattr(model, "config", None)
+    if cfg is not None:
+        growth = float(getattr(cfg, "encoder_growth", 8) or 8)
+        decoder = getattr(cfg, "decoder_channels", None) or (16, 16, 8)
+        factor = max(1.0, growth / 8.0, float(sum(decoder)) / 40.0)
+    return int(BYTES_PER_PIXEL * factor * height * width * max(1, batch))
+
+
+def _cgroup_limit() -> int | None:
+    """Memory left under a cgroup (container) limit, if there is one."""
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            raw = Path(limit_file).read_text().strip()
+            if raw == "max" or int(raw) >= 1 << 60:
+                continue
+            return max(0, int(raw) - int(Path(usage_file).read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def available_memory(device: str | torch.device = "cpu") -> int | None:
+    """Bytes an untiled pass may use on ``device`` (with headroom), or None if unknown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        try:
+            free, _ = torch.cuda.mem_get_info(dev)
+        except (RuntimeError, AssertionError):
+            return None
+        return int(free * MEMORY_HEADROOM)
+    have: int | None = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                have = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        have = None
+    limit = _cgroup_limit()
+    if limit is not None:
+        have = limit if have is None else min(have, limit)
+    return None if have is None else int(have * MEMORY_HEADROOM)

@@ -9,15 +9,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from moefusion.atomic import check_writable
 from moefusion.baselines import BASELINES, fuse_baseline, output_path, to_u8, to_unit_gray
+from moefusion.commands._common import (
+    check_not_same_input,
+    check_out_folder,
+    check_output_outside,
+    check_targets,
+    check_writable_outputs,
+    input_folders,
+)
 from moefusion.data.io import HIGH_BIT_MODES, read_image, save_image_atomic, to_gray, to_unit_float
-from moefusion.data.pairs import Pair, match_pairs
+from moefusion.data.pairs import PAIR_ERRORS, Pair, match_pairs
 from moefusion.errors import MoEFusionError, PairError
-from moefusion.evaluation import _names, check_output_outside
-
-# per-pair failures that must not stop the run (decoding, shapes, out of memory, disk)
-_PAIR_ERRORS = (MoEFusionError, RuntimeError, ValueError, OSError, MemoryError)
 
 
 def add_parser(
@@ -53,18 +56,18 @@ def add_parser(
 Unpaired = tuple[str, Path | None, Path | None, str]
 
 
-def _pairs(ir: Path, vi: Path) -> tuple[list[Pair], list[Unpaired], list[Path]]:
-    """(pairs, [(stem, ir file, vi file, why it has no pair)], input folders) from two
-    files or two folders."""
+def _pairs(ir: Path, vi: Path) -> tuple[list[Pair], list[Unpaired]]:
+    """(pairs, [(stem, ir file, vi file, why it has no pair)]) from two files or two
+    folders."""
     if ir.is_file() and vi.is_file():
-        return [Pair(stem=ir.stem, ir=ir, vi=vi)], [], [ir.parent, vi.parent]
+        return [Pair(stem=ir.stem, ir=ir, vi=vi)], []
     if ir.is_dir() and vi.is_dir():
         pairs, ir_only, vi_only = match_pairs(ir, vi)
         unpaired: list[Unpaired] = [
             (p.stem, p, None, f"no visible image for {p.stem} in {vi}") for p in ir_only
         ]
         unpaired += [(p.stem, None, p, f"no infrared image for {p.stem} in {ir}") for p in vi_only]
-        return pairs, sorted(unpaired, key=lambda u: u[0]), [ir, vi]
+        return pairs, sorted(unpaired, key=lambda u: u[0])
     for p in (ir, vi):
         if not p.exists():
             raise MoEFusionError(f"input not found: {p}")
@@ -100,23 +103,13 @@ def _fuse_one(pair: Pair, target: Path, method: str, high_bit: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moefusion.commands.fuse import check_not_same_input
-
     check_not_same_input(args.ir, args.vi)
-    pairs, unpaired, folders = _pairs(args.ir, args.vi)
-    check_output_outside(args.out, folders)
+    pairs, unpaired = _pairs(args.ir, args.vi)
+    check_out_folder(args.out)
+    check_output_outside(args.out, *input_folders(args.ir, args.vi))
     targets = [output_path(args.out, p.stem) for p in pairs]
-    inputs = {q.resolve() for p in pairs for q in (p.ir, p.vi)}
-    clobbered = [t for t in targets if t.resolve() in inputs]
-    if clobbered:
-        raise MoEFusionError(f"output would overwrite input file(s): {_names(map(str, clobbered))}")
-    existing = [t for t in targets if t.exists()]
-    if existing and not args.overwrite:
-        raise MoEFusionError(
-            f"{len(existing)} output file(s) exist in {args.out} ({_names(t.name for t in existing)}); "
-            "pass --overwrite to replace them"
-        )
-    check_writable(args.out, "output folder")
+    check_targets(targets, (q for p in pairs for q in (p.ir, p.vi)), overwrite=args.overwrite)
+    check_writable_outputs(args.out)
     for stem, ir_file, vi_file, why in unpaired:
         _fail(stem, ir_file, vi_file, why)
     failed = len(unpaired)
@@ -131,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 _fuse_one(pair, target, args.method, args.high_bit)
                 done += 1
-            except _PAIR_ERRORS as exc:
+            except PAIR_ERRORS as exc:
                 _fail(pair.stem, pair.ir, pair.vi, exc)
                 failed += 1
     except KeyboardInterrupt:

@@ -7,15 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from moefusion.commands._common import parse_named_dirs
 from moefusion.config import available_configs, load_run_config
 from moefusion.errors import MoEFusionError
-
-
-def _fused_arg(text: str) -> tuple[str, Path]:
-    name, sep, folder = text.partition("=")
-    if not sep or not name.strip() or not folder:
-        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
-    return name.strip(), Path(folder)
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -65,7 +59,6 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--fused",
         action="append",
         default=[],
-        type=_fused_arg,
         metavar="NAME=DIR",
         help="a fusion method's images of the test pairs; repeat for several methods",
     )
@@ -126,10 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         raw["seed"] = args.seed
     config = DetectConfig.from_dict(raw)
-    fused = dict(args.fused)
-    if len(fused) != len(args.fused):
-        names = [n for n, _ in args.fused]
-        raise MoEFusionError(f"--fused names must be unique, got {', '.join(names)}")
+    fused = parse_named_dirs(args.fused, "--fused")
     split = resolve_split(args.split)
 
     start = time.perf_counter()

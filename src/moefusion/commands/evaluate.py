@@ -6,12 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from moefusion.atomic import check_writable
-from moefusion.errors import MoEFusionError
+from moefusion.commands._common import (
+    check_out_folder,
+    check_output_outside,
+    check_targets,
+    check_writable_outputs,
+    listing,
+    parse_named_dirs,
+)
 from moefusion.evaluation import (
     EvaluationResults,
-    _check_conventions,
-    check_output_outside,
+    check_conventions,
     evaluate_folders,
     markdown_table,
     output_files,
@@ -24,22 +29,6 @@ from moefusion.metrics import CONVENTIONS
 
 #: How many undefined values the warning names.
 _LISTED = 6
-
-
-def _parse_fused(specs: list[str]) -> dict[str, Path]:
-    """``NAME=DIR`` (or just ``DIR``, named after the folder) -> {name: folder}."""
-    out: dict[str, Path] = {}
-    for spec in specs:
-        name, sep, folder = spec.partition("=")
-        if not sep:
-            name, folder = Path(spec).name, spec
-        name = name.strip()
-        if not name or not folder:
-            raise MoEFusionError(f"--fused expects NAME=DIR, got {spec!r}")
-        if name in out:
-            raise MoEFusionError(f"--fused name {name!r} given twice")
-        out[name] = Path(folder)
-    return out
 
 
 def add_parser(
@@ -61,7 +50,8 @@ def add_parser(
         action="append",
         required=True,
         metavar="NAME=DIR",
-        help="a method name and its folder of fused images (repeat for several methods)",
+        help="a method name and its folder of fused images (repeat for several methods); "
+        "images whose stem is in neither source folder (e.g. a figure) are skipped",
     )
     p.add_argument(
         "--convention",
@@ -103,20 +93,13 @@ def _warn_undefined(results: EvaluationResults) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    fused = _parse_fused(args.fused)
+    fused = parse_named_dirs(args.fused, "--fused")
     resize = parse_resize(args.resize)
     check_output_outside(args.out, [args.ir, args.vi, *fused.values()])
-    conventions = _check_conventions(args.convention)
-    if args.out.exists() and not args.out.is_dir():
-        raise MoEFusionError(f"--out {args.out} exists and is not a folder")
-    existing = [p for p in output_files(args.out, conventions) if p.exists()]
-    if existing and not args.overwrite:
-        raise MoEFusionError(
-            f"{len(existing)} result file(s) already exist in {args.out} "
-            f"({', '.join(p.name for p in existing[:4])}"
-            f"{' ...' if len(existing) > 4 else ''}); pass --overwrite to replace them"
-        )
-    check_writable(args.out, "output folder")
+    conventions = check_conventions(args.convention)
+    check_out_folder(args.out)
+    check_targets(output_files(args.out, conventions), (), overwrite=args.overwrite)
+    check_writable_outputs(args.out)
     results = evaluate_folders(
         args.ir, args.vi, fused, conventions, resize=resize, progress=not args.no_progress
     )
@@ -126,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
     if results.skipped_sources:
         print(
             f"note: {len(results.skipped_sources)} source pair(s) have no fused image and were skipped"
+        )
+    for method, stems in results.skipped_fused.items():
+        print(
+            f"note: {len(stems)} image(s) in fused '{method}' are not pairs (their stem is in "
+            f"neither source folder) and were skipped: {listing(stems)}"
         )
     for s in summaries.values():
         print()

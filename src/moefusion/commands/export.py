@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from moefusion.commands._common import resolve_weights
 from moefusion.errors import MoEFusionError
 
 #: Largest accepted difference between the exported graph and PyTorch in the self-check.
@@ -43,8 +44,6 @@ def add_parser(
 
 
 def run(args: argparse.Namespace) -> int:
-    from moefusion.commands.fuse import resolve_weights
-
     if args.opset is not None and args.format != "onnx":
         raise MoEFusionError("--opset only applies to --format onnx")
     from moefusion.export import DEFAULT_OPSET, check_export, check_opset, export_model

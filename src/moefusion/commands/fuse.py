@@ -3,6 +3,11 @@
 Outputs: ``<out>/<stem>.png`` (8-bit gray) and, with ``--color``, ``<out>/color/<stem>.png``
 (8-bit RGB) so that ``<out>`` holds only gray images paired by stem (what ``moefusion
 evaluate`` expects). Recursive input keeps its relative sub-folders under both.
+
+The data goes one way, each step done by the layer that owns it:
+read (:func:`moefusion.data.read_pair_batches`) -> fuse (:meth:`moefusion.Fuser.fuse_arrays`)
+-> colour (:func:`moefusion.data.colorize_u8`) -> save (:mod:`moefusion.data.io`). This
+module only plans the output paths, checks them before any work, and reports.
 """
 
 from __future__ import annotations
@@ -10,32 +15,42 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
+from moefusion.commands._common import (
+    DEVICE_HELP,
+    check_figure_path,
+    check_files_outside,
+    check_not_same_input,
+    check_out_folder,
+    check_output_outside,
+    check_targets,
+    check_writable_outputs,
+    device_arg,
+    input_folders,
+    resolve_weights,
+)
 from moefusion.data import (
     HIGH_BIT_MODES,
+    PAIR_ERRORS,
     LoadedPair,
     Pair,
-    colorize,
+    PairResize,
+    colorize_u8,
     find_pairs,
-    image_size,
-    load_pair,
-    read_image,
+    parse_size,
+    read_pair_batches,
     save_gray_u8,
-    to_gray,
-    to_unit_float,
+    save_image_atomic,
 )
-from moefusion.data.io import save_image_atomic
 from moefusion.errors import MoEFusionError, PairError
 
 if TYPE_CHECKING:
@@ -44,10 +59,6 @@ if TYPE_CHECKING:
 
 #: Sub-folder of ``--out`` for the colourised images.
 COLOR_DIR = "color"
-#: How many offending paths an error lists.
-_LISTED = 5
-
-Resize = str | tuple[int, int] | None
 
 
 def add_parser(
@@ -66,7 +77,12 @@ def add_parser(
     )
     p.add_argument("--ir", type=Path, required=True, help="infrared image or folder")
     p.add_argument("--vi", type=Path, required=True, help="visible image or folder")
-    p.add_argument("--out", type=Path, required=True, help="output folder (not an input folder)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder (not inside an input folder, nor the folder of input files)",
+    )
     p.add_argument(
         "--weights",
         type=Path,
@@ -74,7 +90,7 @@ def add_parser(
         help="weights (.safetensors from `moefusion train`); default: the bundled weights",
     )
     p.add_argument("--color", action="store_true", help="also write colourised RGB images")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--batch-size", type=int, default=1, help="pairs of the same size per forward pass"
     )
@@ -103,7 +119,11 @@ def add_parser(
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument(
-        "--figure", type=Path, default=None, help="save a side-by-side figure of the first pairs"
+        "--figure",
+        type=Path,
+        default=None,
+        help="save a side-by-side figure of the first pairs (`moefusion evaluate` skips it "
+        "if it lies in --out)",
     )
     p.add_argument(
         "--save-gates",
@@ -119,31 +139,14 @@ def add_parser(
 # ------------------------------------------------------------------------------ options
 
 
-def parse_resize(spec: str | None) -> Resize:
+def parse_resize(spec: str | None) -> PairResize:
     """``None``, ``"ir"``, ``"vi"`` or ``"WxH"`` -> None, the side, or ``(W, H)``."""
     if spec is None or spec in ("ir", "vi"):
         return spec
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", spec)
-    if not m or int(m.group(1)) < 2 or int(m.group(2)) < 2:
+    size = parse_size(spec)
+    if size is None:
         raise MoEFusionError(f"--resize must be ir, vi or WxH (e.g. 640x480), got {spec!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def resolve_weights(weights: Path | None) -> Path:
-    """``--weights`` or the bundled weights; a clear error when neither exists."""
-    if weights is not None:
-        if not weights.is_file():
-            raise MoEFusionError(f"weights file not found: {weights}")
-        return weights
-    from moefusion import weights as weights_module
-
-    bundled = weights_module.bundled_weights_path()
-    if bundled is None:
-        raise MoEFusionError(
-            "this moefusion build has no bundled weights; pass --weights FILE "
-            "(a .safetensors file written by `moefusion train`)"
-        )
-    return bundled
+    return size
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -165,38 +168,6 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.figure is not None:
         check_figure_path(args.figure)
     check_not_same_input(args.ir, args.vi)
-
-
-def check_not_same_input(ir: Path, vi: Path) -> None:
-    """Refuse ``--ir X --vi X``: every image would be fused with itself."""
-    if ir.exists() and vi.exists() and ir.resolve() == vi.resolve():
-        kind = "folder" if ir.is_dir() else "file"
-        raise MoEFusionError(
-            f"--ir and --vi are the same {kind} ({ir}); give the infrared and the visible "
-            "images separately"
-        )
-
-
-def check_figure_path(path: Path) -> None:
-    """Refuse a ``--figure`` extension matplotlib cannot write, before any work."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    kinds = sorted(FigureCanvasAgg.get_supported_filetypes())
-    ext = path.suffix.lower().lstrip(".")
-    if ext not in kinds:
-        raise MoEFusionError(
-            f"--figure {path}: unsupported extension {path.suffix or '(none)'!r}; "
-            f"use one of {', '.join('.' + k for k in kinds)}"
-        )
-
-
-def check_outputs_writable(out: Path, extra: Sequence[Path]) -> None:
-    """Every output location must be writable before the work starts."""
-    from moefusion.atomic import check_writable
-
-    check_writable(out, "output folder")
-    for p in extra:
-        check_writable(p.parent, f"folder of {p}")
 
 
 # ------------------------------------------------------------------------------ targets
@@ -226,122 +197,21 @@ def plan_jobs(pairs: Sequence[Pair], out: Path, color: bool) -> list[Job]:
     ]
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents
-
-
-def _listing(paths: Iterable[Path]) -> str:
-    items = [str(p) for p in paths]
-    more = f" (+{len(items) - _LISTED} more)" if len(items) > _LISTED else ""
-    return ", ".join(items[:_LISTED]) + more
-
-
-def check_targets(
-    jobs: Sequence[Job],
-    out: Path,
-    input_dirs: Sequence[Path],
-    extra: Sequence[Path],
-    overwrite: bool,
-) -> None:
-    """Refuse to write into an input folder, over an input, twice to one file, or over
-    existing outputs (without ``overwrite``). Everything is checked before any work."""
-    if out.exists() and not out.is_dir():
-        raise MoEFusionError(f"--out {out} exists and is not a folder")
-    for d in input_dirs:
-        if _inside(out, d):
-            raise MoEFusionError(
-                f"output folder {out} is (inside) input folder {d}; choose another --out"
-            )
+def check_job_targets(jobs: Sequence[Job], args: argparse.Namespace, extra: Sequence[Path]) -> None:
+    """Refuse to write into an input folder (or beside input files), over an input, twice
+    to one file, or over existing outputs (without ``--overwrite``). Everything is checked
+    before any work (:mod:`moefusion.commands._common`)."""
+    check_out_folder(args.out)
+    inside, beside = input_folders(args.ir, args.vi)
+    check_output_outside(args.out, inside, beside)
+    check_files_outside(extra, inside, beside)
     targets = [t for j in jobs for t in (j.gray, j.color) if t is not None] + list(extra)
-    inputs = {p.resolve() for j in jobs for p in (j.pair.ir, j.pair.vi)}
-    for t in extra:
-        for d in input_dirs:
-            if _inside(t, d):
-                raise MoEFusionError(f"{t} is inside input folder {d}; write it elsewhere")
-    clobbered = [t for t in targets if t.resolve() in inputs]
-    if clobbered:
-        raise MoEFusionError(f"output would overwrite input file(s): {_listing(clobbered)}")
-    seen: dict[Path, int] = {}
-    for t in targets:
-        seen[t.resolve()] = seen.get(t.resolve(), 0) + 1
-    dupes = [p for p, n in seen.items() if n > 1]
-    if dupes:
-        raise MoEFusionError(
-            f"several outputs map to the same file (stems clash with the '{COLOR_DIR}' "
-            f"folder or with each other): {_listing(dupes)}"
-        )
-    if not overwrite:
-        existing = [t for t in targets if t.exists()]
-        if existing:
-            raise MoEFusionError(
-                f"{len(existing)} output file(s) already exist: {_listing(existing)}; "
-                "pass --overwrite to replace them"
-            )
-
-
-# ------------------------------------------------------------------------------ loading
-
-
-def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Float ``HxW[x3]`` -> size ``(W, H)``, OpenCV bilinear (``INTER_LINEAR``)."""
-    if (img.shape[1], img.shape[0]) == size:
-        return img
-    return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
-
-
-def load_job_pair(pair: Pair, resize: Resize, high_bit: str) -> LoadedPair:
-    """Decode a pair, resizing as ``--resize`` says.
-
-    Raises:
-        ImageReadError: a file cannot be read.
-        PairError: sizes differ and no ``resize`` was given (names both files).
-    """
-    if resize is None:
-        try:
-            return load_pair(pair.ir, pair.vi, high_bit=high_bit)
-        except PairError as exc:
-            raise PairError(f"{exc}; pass --resize ir, vi or WxH to fuse such pairs") from exc
-    ir_f = to_unit_float(read_image(pair.ir), high_bit=high_bit)
-    vi_f = to_unit_float(read_image(pair.vi), high_bit=high_bit)
-    if resize == "ir":
-        size = (ir_f.shape[1], ir_f.shape[0])
-    elif resize == "vi":
-        size = (vi_f.shape[1], vi_f.shape[0])
-    else:
-        assert isinstance(resize, tuple)
-        size = resize
-    ir_f, vi_f = _resize(ir_f, size), _resize(vi_f, size)
-    vi_rgb = vi_f if vi_f.ndim == 3 else np.repeat(vi_f[..., None], 3, axis=2)
-    is_color = vi_f.ndim == 3 and not (
-        np.array_equal(vi_f[..., 0], vi_f[..., 1]) and np.array_equal(vi_f[..., 0], vi_f[..., 2])
+    check_targets(
+        targets,
+        (p for j in jobs for p in (j.pair.ir, j.pair.vi)),
+        overwrite=args.overwrite,
+        clash_hint=f" (stems clash with the '{COLOR_DIR}' folder or with each other)",
     )
-    return LoadedPair(
-        ir=to_gray(ir_f) if ir_f.ndim == 3 else ir_f,
-        vi=to_gray(vi_rgb),
-        vi_rgb=vi_rgb,
-        vi_is_color=is_color,
-    )
-
-
-def _size_key(pair: Pair, resize: Resize, index: int) -> object:
-    """Pairs with equal keys decode to the same size (header read only)."""
-    if isinstance(resize, tuple):
-        return resize
-    try:
-        return image_size(pair.vi if resize == "vi" else pair.ir)
-    except MoEFusionError:
-        return ("unreadable", index)  # fails alone at decode time
-
-
-def _batches(jobs: Sequence[Job], resize: Resize, batch_size: int) -> list[list[Job]]:
-    """Same-size jobs in chunks of ``batch_size``, groups in order of first appearance."""
-    if batch_size == 1:
-        return [[j] for j in jobs]
-    groups: dict[object, list[Job]] = {}
-    for i, j in enumerate(jobs):
-        groups.setdefault(_size_key(j.pair, resize, i), []).append(j)
-    return [g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
 
 
 # ------------------------------------------------------------------------------ gates log
@@ -408,10 +278,6 @@ def _report(job: Job, exc: BaseException) -> None:
     )
 
 
-# per-pair failures that must not stop the run (decoding, shapes, out of memory, disk)
-_PAIR_ERRORS = (MoEFusionError, RuntimeError, ValueError, OSError, MemoryError)
-
-
 def run(args: argparse.Namespace) -> int:
     _check_options(args)
     resize = parse_resize(args.resize)
@@ -421,16 +287,14 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
 
     pairs = find_pairs(args.ir, args.vi, recursive=args.recursive)
-    input_dirs = [args.ir, args.vi] if args.ir.is_dir() else [args.ir.parent, args.vi.parent]
     jobs = plan_jobs(pairs, args.out, args.color)
     extra = [p for p in (args.figure, args.save_gates) if p is not None]
-    check_targets(jobs, args.out, input_dirs, extra, args.overwrite)
-    check_outputs_writable(args.out, extra)
+    check_job_targets(jobs, args, extra)
+    check_writable_outputs(args.out, extra)
 
     fuser = Fuser.from_file(weights, device=device)
     gate_log = GateLog(str(weights)) if args.save_gates is not None else None
-    figure_rows: list[FigureRow] = []
-    want_figure = args.figure is not None
+    figure_rows: list[FigureRow] | None = [] if args.figure is not None else None
     state = _RunState()
     start = time.perf_counter()
     bar = tqdm(total=len(jobs), unit="pair", desc="fuse", disable=args.no_progress)
@@ -458,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
     done = len(jobs) - failed
     if gate_log is not None:
         gate_log.write(args.save_gates)
-    if want_figure and figure_rows:
+    if figure_rows:
         from moefusion.atomic import atomic_path
         from moefusion.figures import save_pair_figure
 
@@ -476,66 +340,68 @@ def run(args: argparse.Namespace) -> int:
 class _RunState:
     done: int = 0
     failed: int = 0
-    auto_tile_said: bool = False
+
+    def fail(self, job: Job, exc: BaseException, bar: tqdm) -> None:
+        _report(job, exc)
+        self.failed += 1
+        bar.update(1)
 
 
 def _fuse_jobs(
     fuser: Fuser,
     jobs: Sequence[Job],
-    resize: Resize,
+    resize: PairResize,
     args: argparse.Namespace,
     gate_log: GateLog | None,
-    figure_rows: list[FigureRow],
+    figure_rows: list[FigureRow] | None,
     state: _RunState,
     bar: tqdm,
 ) -> None:
-    want_figure = args.figure is not None
-    for batch in _batches(jobs, resize, args.batch_size):
+    """read -> fuse -> colour -> save, one batch of same-size pairs at a time."""
+    batches = read_pair_batches(
+        [j.pair for j in jobs], batch_size=args.batch_size, resize=resize, high_bit=args.high_bit
+    )
+    for batch in batches:  # read
         loaded: list[tuple[Job, LoadedPair]] = []
-        for job in batch:
-            try:
-                loaded.append((job, load_job_pair(job.pair, resize, args.high_bit)))
-            except _PAIR_ERRORS as exc:
-                _report(job, exc)
-                state.failed += 1
-                bar.update(1)
+        for index, item in batch:
+            if isinstance(item, LoadedPair):
+                loaded.append((jobs[index], item))
+            else:
+                if isinstance(item, PairError) and resize is None:
+                    item = PairError(f"{item}; pass --resize ir, vi or WxH to fuse such pairs")
+                state.fail(jobs[index], item, bar)
         for job, lp, res in _fuse_loaded(fuser, loaded, args, details=gate_log is not None):
             if isinstance(res, BaseException):
-                _report(job, res)
-                state.failed += 1
-                bar.update(1)
+                state.fail(job, res, bar)
                 continue
             try:
-                _save(job, lp, res.fused, figure_rows if want_figure else None)
+                _save(job, lp, res.fused, figure_rows)
                 if gate_log is not None:
                     gate_log.add(job, res.gates, res.tiles)
                 state.done += 1
-            except _PAIR_ERRORS as exc:
+            except PAIR_ERRORS as exc:
                 _report(job, exc)
                 state.failed += 1
             bar.update(1)
 
 
-def _auto_tile(
+def _tiling(
     fuser: Fuser, loaded: list[tuple[Job, LoadedPair]], args: argparse.Namespace
 ) -> tuple[int | None, int | None]:
-    """``--tile`` as given, or a tile size when the untiled batch would not fit in memory."""
+    """``--tile`` as given, or the Fuser's tile size when the untiled batch would not fit."""
     if args.tile is not None or not loaded:
         return args.tile, args.overlap
-    from moefusion.fuser import AUTO_TILE, available_memory, estimate_fuse_bytes
-
     height, width = loaded[0][1].ir.shape
-    need = estimate_fuse_bytes(height, width, len(loaded), fuser.model, fuser.device)
-    have = available_memory(fuser.device)
-    if have is None or need <= have or min(height, width) <= AUTO_TILE:
-        return None, None
-    tqdm.write(
-        f"moefusion fuse: {loaded[0][0].pair.stem} ({width}x{height}) needs about "
-        f"{need / 2**30:.1f} GiB untiled but {have / 2**30:.1f} GiB is available; "
-        f"fusing it in {AUTO_TILE}x{AUTO_TILE} tiles (pass --tile to choose)",
-        file=sys.stderr,
-    )
-    return AUTO_TILE, None
+    tile = fuser.auto_tile(height, width, len(loaded))
+    if tile is not None:
+        need, have = fuser.untiled_memory(height, width, len(loaded))
+        tqdm.write(
+            f"moefusion fuse: {loaded[0][0].pair.stem} ({width}x{height}) needs about "
+            f"{need / 2**30:.1f} GiB untiled but {(have or 0) / 2**30:.1f} GiB is available; "
+            f"fusing it in {tile}x{tile} tiles (pass --tile to choose)",
+            file=sys.stderr,
+        )
+    return tile, None
 
 
 def _fuse_loaded(
@@ -544,7 +410,7 @@ def _fuse_loaded(
     """Fuse decoded pairs in one batch; on failure retry one by one so only bad pairs fail."""
     if not loaded:
         return []
-    tile, overlap = _auto_tile(fuser, loaded, args)
+    tile, overlap = _tiling(fuser, loaded, args)
     try:
         results = fuser.fuse_arrays(
             [lp.ir for _, lp in loaded],
@@ -554,46 +420,20 @@ def _fuse_loaded(
             batch_size=len(loaded),
             details=details,
         )
-    except _PAIR_ERRORS as exc:
+    except PAIR_ERRORS as exc:
         if len(loaded) == 1:
             return [(loaded[0][0], loaded[0][1], exc)]
         return [r for item in loaded for r in _fuse_loaded(fuser, [item], args, details=details)]
     return [(job, lp, res) for (job, lp), res in zip(loaded, results, strict=True)]
 
 
-def colorize_u8(fused: np.ndarray, vi_rgb: np.ndarray, rows: int = 512) -> np.ndarray:
-    """:func:`colorize` then 8-bit rounding as ``save_rgb_u8`` (``floor(x*255 + 0.5)``),
-    strip by strip: whole-image float64 temporaries of an 8000x6000 pair take ~5 GB.
-
-    Shapes:
-        ``fused [H, W]``, ``vi_rgb [H, W, 3]`` in [0, 1] -> ``[H, W, 3]`` uint8.
-    """
-    out = np.empty(vi_rgb.shape, dtype=np.uint8)
-    for top in range(0, fused.shape[0], rows):
-        rgb = colorize(fused[top : top + rows], vi_rgb[top : top + rows])
-        out[top : top + rows] = np.clip(np.floor(rgb * 255.0 + 0.5), 0, 255)
-    return out
-
-
-def _save_u8(path: Path, image: np.ndarray) -> None:
-    save_image_atomic(path, image)
-
-
 def _save(job: Job, lp: LoadedPair, fused: np.ndarray, figure_rows: list[FigureRow] | None) -> None:
+    """colour -> save: the gray image, the colourised one, and a figure row."""
     save_gray_u8(job.gray, fused)
     if job.color is not None:
-        _save_u8(job.color, colorize_u8(fused, lp.vi_rgb))
+        save_image_atomic(job.color, colorize_u8(fused, lp.vi_rgb))
     if figure_rows is not None:
-        from moefusion.figures import MAX_ROWS, FigureRow, thumbnail
+        from moefusion.figures import MAX_ROWS, FigureRow
 
         if len(figure_rows) < MAX_ROWS:
-            small_fused, small_rgb = thumbnail(fused), thumbnail(lp.vi_rgb)
-            figure_rows.append(
-                FigureRow(
-                    title=job.pair.stem,
-                    ir=thumbnail(lp.ir),
-                    vi=small_rgb if lp.vi_is_color else thumbnail(lp.vi),
-                    fused=small_fused,
-                    fused_color=colorize(small_fused, small_rgb),
-                )
-            )
+            figure_rows.append(FigureRow.from_pair(job.pair.stem, lp, fused))

@@ -473,7 +473,8 @@ class LabelSource:
         return _make(boxes, ann.labels.tolist(), ann.source, ann.n_ignored, size)
 
 
-def _visible_files(folder: Path, recursive: bool) -> list[Path]:
+def _non_hidden_files(folder: Path, recursive: bool) -> list[Path]:
+    """Files of ``folder`` (below it with ``recursive``) outside hidden (``.*``) paths."""
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
         p
@@ -484,7 +485,7 @@ def _visible_files(folder: Path, recursive: bool) -> list[Path]:
 
 def _label_files(folder: Path, recursive: bool) -> dict[str, list[Path]]:
     by_kind: dict[str, list[Path]] = {"xml": [], "txt": [], "json": []}
-    for p in _visible_files(folder, recursive):
+    for p in _non_hidden_files(folder, recursive):
         ext = p.suffix.lower().lstrip(".")
         if ext in by_kind and p.name.lower() not in NAMES_FILES:
             by_kind[ext].append(p)

@@ -14,7 +14,7 @@ import numpy as np
 
 from moefusion.errors import MoEFusionError
 
-__all__ = ["colorize", "rgb_to_ycbcr", "ycbcr_to_rgb"]
+__all__ = ["colorize", "colorize_u8", "rgb_to_ycbcr", "ycbcr_to_rgb"]
 
 _KR, _KB = 0.299, 0.114
 _KG = 1.0 - _KR - _KB
@@ -75,3 +75,19 @@ def colorize(fused_gray01: np.ndarray, vi_rgb01: np.ndarray) -> np.ndarray:
     ycc = rgb_to_ycbcr(vi)
     ycc[..., 0] = fused
     return np.clip(ycbcr_to_rgb(ycc), 0.0, 1.0).astype(np.float32)
+
+
+def colorize_u8(fused_gray01: np.ndarray, vi_rgb01: np.ndarray, rows: int = 512) -> np.ndarray:
+    """:func:`colorize` then 8-bit rounding as ``save_rgb_u8`` (``floor(x*255 + 0.5)``),
+    strip by strip: whole-image float64 temporaries of an 8000x6000 pair take ~5 GB.
+
+    Shapes:
+        ``fused [H, W]``, ``vi_rgb [H, W, 3]`` in [0, 1] -> ``[H, W, 3]`` uint8.
+    """
+    vi = np.asarray(vi_rgb01)
+    _check_three_channels(vi, "visible RGB image")
+    out = np.empty(vi.shape, dtype=np.uint8)
+    for top in range(0, vi.shape[0], rows):
+        rgb = colorize(fused_gray01[top : top + rows], vi[top : top + rows])
+        out[top : top + rows] = np.clip(np.floor(rgb * 255.0 + 0.5), 0, 255)
+    return out

@@ -5,6 +5,7 @@ Arrays follow the numpy/PIL convention: ``HxW`` (one channel) or ``HxWx3`` (RGB 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,11 +21,15 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "HighBitMode",
     "LoadedPair",
+    "PairResize",
+    "decode_pil",
     "image_size",
     "is_image_file",
     "load_gray",
     "load_pair",
+    "parse_size",
     "read_image",
+    "resize_image",
     "save_gray_u8",
     "save_image_atomic",
     "save_rgb_u8",
@@ -87,7 +92,9 @@ def read_image(path: str | Path) -> np.ndarray:
                 arr = _read_with_opencv(p)
             else:
                 im.load()
-                arr = _pil_to_array(ImageOps.exif_transpose(im), p)
+                arr = decode_pil(im, p)
+                if arr.dtype.kind == "f":
+                    arr = _float_to_u16(arr, p)
     except ImageReadError:
         raise
     except _PIL_ERRORS as exc:
@@ -118,7 +125,18 @@ def _needs_opencv(im: Image.Image, path: Path) -> bool:
     return False
 
 
-def _pil_to_array(im: Image.Image, path: Path) -> np.ndarray:
+def decode_pil(im: Image.Image, source: str | Path = "PIL image") -> np.ndarray:
+    """The one PIL decoder: ``HxW`` or ``HxWx3`` (RGB), EXIF orientation applied.
+
+    uint8 for 1/L/LA/RGB/palette/CMYK/YCbCr... (alpha dropped), uint16 for 16-bit and
+    32-bit integer data in 0..65535, float32 as stored for mode F (32-bit float): files
+    map it to uint16 (:func:`read_image`), in-memory images keep it (``Fuser``).
+    ``source`` names the file (or object) in error messages.
+
+    Raises:
+        ImageReadError: unsupported mode, or integer data outside 0..65535.
+    """
+    im = ImageOps.exif_transpose(im)
     mode = im.mode
     if mode in ("L", "RGB"):
         return np.asarray(im, dtype=np.uint8)
@@ -132,13 +150,13 @@ def _pil_to_array(im: Image.Image, path: Path) -> np.ndarray:
         # I;16B is big-endian: astype gives native byte order.
         return np.asarray(im).astype(np.uint16)
     if mode == "I" or mode.startswith("I;"):
-        return _integer_to_u16(np.asarray(im), path)
+        return _integer_to_u16(np.asarray(im), source)
     if mode == "F":
-        return _float_to_u16(np.asarray(im), path)
-    raise ImageReadError(f"unsupported image mode {mode!r} in {path}")
+        return np.array(im, dtype=np.float32)  # a writable copy, as torch wants
+    raise ImageReadError(f"unsupported image mode {mode!r} in {source}")
 
 
-def _integer_to_u16(arr: np.ndarray, path: Path) -> np.ndarray:
+def _integer_to_u16(arr: np.ndarray, path: str | Path) -> np.ndarray:
     if arr.size and (arr.min() < 0 or arr.max() > 65535):
         raise ImageReadError(
             f"unsupported pixel range [{arr.min()}, {arr.max()}] in {path}: "
@@ -281,6 +299,31 @@ def _channels_equal(arr: np.ndarray) -> bool:
     )
 
 
+# ------------------------------------------------------------------------------ resizing
+
+#: How :func:`load_pair` resizes a pair whose two images differ in size: None (refuse),
+#: ``"ir"`` (the visible image to the infrared one's size), ``"vi"`` (the infrared to
+#: the visible one's) or ``(W, H)`` (both).
+PairResize = str | tuple[int, int] | None
+
+
+def parse_size(spec: str) -> tuple[int, int] | None:
+    """``"640x480"`` (``x`` or ``X``, spaces allowed) -> ``(640, 480)``; None when ``spec``
+    is not of that form or a side is below 2."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", spec)
+    if not m or int(m.group(1)) < 2 or int(m.group(2)) < 2:
+        return None
+    return int(m.group(1)), int(m.group(2))
+
+
+def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``HxW[x3]`` image -> size ``(W, H)``, OpenCV bilinear (``INTER_LINEAR``); an image
+    already of that size is returned as is. Any dtype cv2 resizes (uint8, float32...)."""
+    if (img.shape[1], img.shape[0]) == size:
+        return img
+    return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+
+
 # -------------------------------------------------------------------------------- loading
 
 
@@ -307,16 +350,31 @@ class LoadedPair:
 
 
 def load_pair(
-    ir_path: str | Path, vi_path: str | Path, *, high_bit: str = "percentile"
+    ir_path: str | Path,
+    vi_path: str | Path,
+    *,
+    high_bit: str = "percentile",
+    resize: PairResize = None,
 ) -> LoadedPair:
     """Decode an infrared/visible pair.
 
+    ``resize`` (see :data:`PairResize`) resizes the [0, 1] images (bilinear,
+    :func:`resize_image`) before the gray conversion; ``vi_is_color`` then describes
+    the resized visible image.
+
     Raises:
         ImageReadError: either file cannot be read.
-        PairError: the two images differ in size (message names both files and sizes).
+        PairError: the two images differ in size and ``resize`` is None (the message
+            names both files and sizes).
     """
     ir_raw = read_image(ir_path)
     vi_raw = read_image(vi_path)
+    if resize is not None:
+        return _resized_pair(
+            to_unit_float(ir_raw, high_bit=high_bit),
+            to_unit_float(vi_raw, high_bit=high_bit),
+            resize,
+        )
     if ir_raw.shape[:2] != vi_raw.shape[:2]:
         (ih, iw), (vh, vw) = ir_raw.shape[:2], vi_raw.shape[:2]
         raise PairError(
@@ -332,6 +390,26 @@ def load_pair(
         vi_rgb = vi_f
         is_color = not _channels_equal(vi_raw)
     return LoadedPair(ir=ir, vi=to_gray(vi_rgb), vi_rgb=vi_rgb, vi_is_color=is_color)
+
+
+def _resized_pair(ir_f: np.ndarray, vi_f: np.ndarray, resize: PairResize) -> LoadedPair:
+    if resize == "ir":
+        size = (ir_f.shape[1], ir_f.shape[0])
+    elif resize == "vi":
+        size = (vi_f.shape[1], vi_f.shape[0])
+    elif isinstance(resize, tuple):
+        size = resize
+    else:
+        raise MoEFusionError(f"resize must be None, 'ir', 'vi' or (W, H), got {resize!r}")
+    ir_f, vi_f = resize_image(ir_f, size), resize_image(vi_f, size)
+    vi_rgb = vi_f if vi_f.ndim == 3 else np.repeat(vi_f[..., None], 3, axis=2)
+    is_color = vi_f.ndim == 3 and not _channels_equal(vi_f)
+    return LoadedPair(
+        ir=to_gray(ir_f) if ir_f.ndim == 3 else ir_f,
+        vi=to_gray(vi_rgb),
+        vi_rgb=vi_rgb,
+        vi_is_color=is_color,
+    )
 
 
 # --------------------------------------------------------------------------------- saving

@@ -3,21 +3,41 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from moefusion.data.io import IMAGE_EXTENSIONS, is_image_file
-from moefusion.errors import ImageReadError, PairError
+from moefusion.data.io import (
+    IMAGE_EXTENSIONS,
+    LoadedPair,
+    PairResize,
+    image_size,
+    is_image_file,
+    load_pair,
+)
+from moefusion.errors import ImageReadError, MoEFusionError, PairError
 
 __all__ = [
+    "PAIR_ERRORS",
     "Pair",
     "dataset_pairs",
     "find_pairs",
     "format_names",
+    "list_images",
     "match_pairs",
+    "read_pair_batches",
+    "same_size_batches",
     "unpaired_message",
 ]
+
+#: Failures of one pair that must not stop a run over many (decoding, shapes, memory, disk).
+PAIR_ERRORS: tuple[type[BaseException], ...] = (
+    MoEFusionError,
+    RuntimeError,
+    ValueError,
+    OSError,
+    MemoryError,
+)
 
 _MAX_LISTED = 10
 
@@ -45,8 +65,18 @@ def _key(path: Path, folder: Path, recursive: bool) -> str:
     return path.stem
 
 
-def _collect(folder: Path, recursive: bool, role: str) -> dict[str, Path]:
-    """Image files of ``folder`` keyed by stem; hidden files (``.*``) are ignored."""
+def list_images(folder: str | Path, role: str, *, recursive: bool = False) -> dict[str, Path]:
+    """The image files of ``folder`` (:func:`~moefusion.data.io.is_image_file`) keyed by
+    stem, sorted; with ``recursive`` keyed by relative posix path without extension.
+    Hidden files and folders (``.*``) are ignored. ``role`` names the folder in errors.
+
+    Raises:
+        ImageReadError: the folder does not exist.
+        PairError: the same stem occurs twice (``a.png`` and ``a.jpg``), or no images.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageReadError(f"{role} folder not found: {folder}")
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     files = sorted(
         p
@@ -81,8 +111,8 @@ def match_pairs(
     Raises:
         PairError: a folder has no images or the same stem twice.
     """
-    ir_files = _collect(ir_dir, recursive, "infrared")
-    vi_files = _collect(vi_dir, recursive, "visible")
+    ir_files = list_images(ir_dir, "infrared", recursive=recursive)
+    vi_files = list_images(vi_dir, "visible", recursive=recursive)
     common = sorted(ir_files.keys() & vi_files.keys())
     pairs = [Pair(stem=k, ir=ir_files[k], vi=vi_files[k]) for k in common]
     ir_only = [ir_files[k] for k in sorted(set(ir_files) - set(vi_files))]
@@ -165,3 +195,63 @@ def dataset_pairs(
     return find_pairs(
         root_p / "ir", root_p / "vi", recursive=recursive, allow_unpaired=allow_unpaired
     )
+
+
+# ------------------------------------------------------------------------------ batches
+
+
+def same_size_batches(sizes: Sequence[Hashable], batch_size: int) -> list[list[int]]:
+    """Indices of equal ``sizes`` in chunks of at most ``batch_size``.
+
+    Groups come in the order of their first member, indices in input order. With
+    ``batch_size`` 1 every index is its own batch, in input order.
+    """
+    if batch_size < 1:
+        raise MoEFusionError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size == 1:
+        return [[i] for i in range(len(sizes))]
+    groups: dict[Hashable, list[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(size, []).append(i)
+    return [g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
+
+
+def _decoded_size(pair: Pair, resize: PairResize, index: int) -> Hashable:
+    """Pairs with equal keys decode to the same size (header read only)."""
+    if isinstance(resize, tuple):
+        return resize
+    try:
+        return image_size(pair.vi if resize == "vi" else pair.ir)
+    except MoEFusionError:
+        return ("unreadable", index)  # fails alone at decode time
+
+
+def read_pair_batches(
+    pairs: Sequence[Pair],
+    *,
+    batch_size: int = 1,
+    resize: PairResize = None,
+    high_bit: str = "percentile",
+) -> Iterator[list[tuple[int, LoadedPair | BaseException]]]:
+    """Decode pairs batch by batch: same-size pairs (by their headers) in chunks of
+    ``batch_size``, only one batch in memory at a time.
+
+    Yields:
+        per batch, ``(index into pairs, LoadedPair)`` or, for a pair that cannot be
+        decoded, ``(index, the exception)`` (one of :data:`PAIR_ERRORS`), so that one
+        bad pair does not stop the others. See :func:`~moefusion.data.io.load_pair` for
+        ``resize`` and ``high_bit``.
+    """
+    if batch_size > 1:
+        sizes: list[Hashable] = [_decoded_size(p, resize, i) for i, p in enumerate(pairs)]
+    else:
+        sizes = list(range(len(pairs)))  # one pair per batch: no header reads needed
+    for batch in same_size_batches(sizes, batch_size):
+        loaded: list[tuple[int, LoadedPair | BaseException]] = []
+        for i in batch:
+            try:
+                pair = pairs[i]
+                loaded.append((i, load_pair(pair.ir, pair.vi, high_bit=high_bit, resize=resize)))
+            except PAIR_ERRORS as exc:
+                loaded.append((i, exc))
+        yield loaded

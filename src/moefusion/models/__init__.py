@@ -39,7 +39,6 @@ from moefusion.models.gating import (
     adaptive_avg_pool2d_cumsum,
     cv_squared,
     gates_to_load,
-    load_balancing_loss,
     prob_in_top_k,
     top_k_softmax,
 )
@@ -102,7 +101,6 @@ __all__ = [
     "cv_squared",
     "fpn_finest_level",
     "gates_to_load",
-    "load_balancing_loss",
     "macs_per_pixel",
     "num_visible_experts",
     "prepare_for_export",

@@ -11,7 +11,7 @@ nothing) gives the same result and has no data-dependent control flow, for expor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -32,13 +32,11 @@ class BranchOutput:
             ``[B, 1, H, W]`` image).
         gates: ``{name: [B, N]}`` for every gate of the stage (empty without gates).
         load_loss: weighted load-balancing loss, a scalar (0 without gates).
-        gate_outputs: the full :class:`GateOutput` of every gate, by the same names.
     """
 
     features: Tensor
     gates: dict[str, Tensor]
     load_loss: Tensor
-    gate_outputs: dict[str, GateOutput] = field(default_factory=dict)
 
 
 class LocalExpert(nn.Module):

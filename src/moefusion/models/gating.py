@@ -42,15 +42,6 @@ def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
     return x.var() / (x.mean() ** 2 + eps)
 
 
-def load_balancing_loss(gates: Tensor, load: Tensor) -> Tensor:
-    """``cv^2(importance) + cv^2(load)`` with ``importance = gates.sum(0)`` (unweighted).
-
-    Shapes:
-        ``gates [B, N]``, ``load [N]`` -> scalar.
-    """
-    return cv_squared(gates.sum(0)) + cv_squared(load)
-
-
 def gates_to_load(gates: Tensor) -> Tensor:
     """Hard load: how many samples each expert received. ``[B, N] -> [N]`` (no gradient)."""
     return (gates > 0).sum(0).to(gates.dtype)

@@ -115,7 +115,14 @@ class FusionNetwork(nn.Module):
             local = AttentionLocal(g)
         else:  # no_mole
             local = None
-        fused_channels = 2 * 4 * g + (2 * g if local is not None else 0)
+        # x_f = [x_dense_vis, x_dense_ir] (+ the local features, g channels per modality).
+        # The widths come from an encoder built on the meta device: no parameters, no draw
+        # from the random generator, so the initialisation order stays as it was.
+        with torch.device("meta"):
+            probe = DenseEncoder(1, g)
+        fused_channels = 2 * probe.dense_channels
+        if local is not None:
+            fused_channels += 2 * probe.out_channels
         global_stage: nn.Module
         if config.variant == "no_moge":
             global_stage = SingleDecoder(GlobalExpert(fused_channels, config.decoder_channels))

@@ -50,7 +50,6 @@ class MixtureOfGlobalExperts(nn.Module):
             features=fused,
             gates={"moge": gate_out.gates},
             load_loss=self.load_weight * gate_out.balancing_loss(),
-            gate_outputs={"moge": gate_out},
         )
 
 

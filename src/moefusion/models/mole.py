@@ -92,7 +92,6 @@ class MixtureOfLocalExperts(nn.Module):
             features=torch.cat([y_fg, y_bg], dim=1),
             gates={"mole_fg": gate_fg.gates, "mole_bg": gate_bg.gates},
             load_loss=load_loss,
-            gate_outputs={"mole_fg": gate_fg, "mole_bg": gate_bg},
         )
 
 
