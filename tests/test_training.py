@@ -24,6 +24,9 @@ def small_cpu_config(*overrides: str) -> dict:
         "cpu",
         [
             "schedule=joint",
+            # the release's load weights: the test is about the end-to-end recipe
+            "model.mole_load_weight=0.01",
+            "model.moge_load_weight=0.02",
             f"data.datasets=[{{root: {SHARED / 'msrs'}, label_set: infrared}}]",
             "data.crop=64",
             "model.detector.fpn_channels=16",

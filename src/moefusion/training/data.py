@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from moefusion.data import (
@@ -127,3 +128,28 @@ def loader_for(inner: Dataset, data_cfg: Mapping[str, Any], seed: int) -> DataLo
         drop_last=False,
         persistent_workers=False,
     )
+
+
+class SetupLoader(L.LightningDataModule):
+    """A training loader built in ``setup``: on every rank, once the process group exists.
+
+    ``build`` gets the LightningModule being trained and returns the loader; it is
+    called once per ``trainer.fit``, where it may compute collectively (the attention
+    cache of the fusion stage: ``build_cache(..., distributed=True)``). Loaders that need
+    no such work are passed to ``trainer.fit`` directly (their :class:`EpochSampler`
+    reads the rank when iterated).
+    """
+
+    def __init__(self, build: Callable[[L.LightningModule], DataLoader]) -> None:
+        super().__init__()
+        self._build = build
+        self._loader: DataLoader | None = None
+
+    def setup(self, stage: str) -> None:
+        if self._loader is None:
+            self._loader = self._build(self.trainer.lightning_module)  # type: ignore[union-attr]
+
+    def train_dataloader(self) -> DataLoader:
+        if self._loader is None:
+            raise RuntimeError("SetupLoader.train_dataloader() before setup()")
+        return self._loader

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +135,16 @@ class FitReport(L.Callback):
     """Logs ``fit/*`` each training epoch (CSV/TensorBoard) and appends a JSON line to
     ``path`` (rank 0 only).
 
+    Under DDP the report is measured on rank 0 alone (the weights are the same on every
+    rank); the other ranks go on to the next collective and wait there, so nothing
+    deadlocks.
+
     Args:
-        pairs: whole validation pairs (as :func:`moefusion.training.cache.build_cache`).
+        pairs: whole validation pairs (as :func:`moefusion.training.cache.build_cache`),
+            or a function of the model being trained that returns them, called by every
+            rank in the callback's ``setup`` (once the process group exists, so it may
+            compute them collectively, e.g. ``build_cache(..., distributed=True)``);
+            ranks other than 0 then drop them.
         pixel_target: ``"max"`` or ``"boxes"`` (as the training objective).
         alpha: gradient-loss weight.
         stage: stage name written with every record.
@@ -146,7 +154,7 @@ class FitReport(L.Callback):
 
     def __init__(
         self,
-        pairs: Sequence[Mapping[str, Any]],
+        pairs: Sequence[Mapping[str, Any]] | Callable[[MoEFusion], Sequence[Mapping[str, Any]]],
         path: str | Path,
         *,
         pixel_target: str,
@@ -154,13 +162,31 @@ class FitReport(L.Callback):
         stage: str,
         recompute_attention: bool = False,
     ) -> None:
-        self.pairs = list(pairs)
         self.path = Path(path)
         self.pixel_target = pixel_target
         self.alpha = alpha
         self.stage = stage
         self.recompute_attention = recompute_attention
-        self.references = reference_losses(self.pairs, pixel_target=pixel_target, alpha=alpha)
+        self._make_pairs = pairs if callable(pairs) else None
+        self.pairs: list[Mapping[str, Any]] = []
+        self.references: dict[str, float] = {}
+        if not callable(pairs):
+            self._set_pairs(pairs)
+
+    def _set_pairs(self, pairs: Sequence[Mapping[str, Any]]) -> None:
+        self.pairs = list(pairs)
+        self.references = reference_losses(
+            self.pairs, pixel_target=self.pixel_target, alpha=self.alpha
+        )
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._make_pairs is None:
+            return
+        # every rank: it may be a collective computation
+        pairs = self._make_pairs(pl_module.model)  # type: ignore[arg-type]
+        self._make_pairs = None
+        if trainer.is_global_zero:
+            self._set_pairs(pairs)
 
     def measure(self, model: MoEFusion) -> dict[str, float]:
         stats = model_fit(
@@ -174,17 +200,16 @@ class FitReport(L.Callback):
         return stats
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.pairs:
+        if not self.pairs or not trainer.is_global_zero:
             return
         stats = self.measure(pl_module.model)  # type: ignore[arg-type]
         pl_module.log_dict({f"fit/{k}": v for k, v in stats.items()}, rank_zero_only=True)
-        if trainer.is_global_zero:
-            record = {
-                "stage": self.stage,
-                "epoch": trainer.current_epoch,
-                "step": trainer.global_step,
-                **stats,
-            }
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        record = {
+            "stage": self.stage,
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            **stats,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")

@@ -3,11 +3,28 @@
 ``schedule: joint`` (the paper) trains everything end to end in one Lightning run;
 ``schedule: staged`` runs the stages of :mod:`moefusion.training.stages` one after the
 other, each in its own sub-folder, and exports the last stage's weights.
+
+Distributed training (DDP, ``trainer.devices``/``num_nodes``/``strategy``): every rank
+builds the same loaders, whose :class:`~moefusion.training.sampling.EpochSampler` gives
+each rank its share of every epoch; the fusion stage's attention cache and the fit
+report's validation pairs are computed in ``setup`` hooks, each rank its share. Only
+global rank 0 writes (configs, checkpoints, logs, ``done.json``, ``fit_report.jsonl``,
+the exported weights), and nothing is written before ``trainer.fit`` has started all
+ranks: under Lightning's DDP launcher the other ranks re-run the command from the start
+and must find the run folder as rank 0 found it.
+
+Debugging aid: with the environment variable ``MOEFUSION_RANK_TRACE`` set to a folder,
+every rank appends one JSON line per optimisation step to
+``<folder>/<stage>-rank<r>.jsonl`` (:class:`RankTrace`: the pairs of its batch, the
+step, a digest of the weights after the step), to check the sharding of a real run.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,12 +34,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader, Dataset
 
 from moefusion.config import save_config
 from moefusion.errors import ConfigError, MoEFusionError
 from moefusion.models import MoEFusion, MoEFusionConfig
 from moefusion.training.cache import CachedPairs, build_cache
 from moefusion.training.data import (
+    SetupLoader,
     build_random_transform,
     build_train_dataset,
     build_train_loader,
@@ -57,16 +76,72 @@ TRAINER_KEYS = {
 }
 
 
-class SaveConfigBeside(L.Callback):
-    """Writes the resolved config next to each checkpoint, so each one is self-describing."""
+#: Environment variable naming a folder for :class:`RankTrace` records (off when unset).
+TRACE_ENV = "MOEFUSION_RANK_TRACE"
 
-    def __init__(self, config: Mapping[str, Any], ckpt_dir: Path) -> None:
-        self.config = dict(config)
-        self.ckpt_dir = ckpt_dir
+
+class SaveConfigs(L.Callback):
+    """Writes resolved configs (the run's, the stage's, the one beside the checkpoints,
+    which makes each checkpoint self-describing) on global rank 0 when training starts.
+
+    Not before ``trainer.fit``: the other DDP ranks must find the run folder unchanged.
+    """
+
+    def __init__(self, files: Mapping[Path, Mapping[str, Any]]) -> None:
+        self.files = {Path(path): dict(config) for path, config in files.items()}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            save_config(self.config, self.ckpt_dir / "config.yaml")
+            for path, config in self.files.items():
+                save_config(config, path)
+
+
+class RankTrace(L.Callback):
+    """One JSON line per optimisation step and rank: what the rank trained on.
+
+    ``{"stage", "rank", "world", "epoch", "step", "stems", "datasets", "digest"}`` in
+    ``<folder>/<stage>-rank<r>.jsonl`` (appended, so a resumed run adds its steps);
+    ``step`` is the global step after the optimiser step and ``digest`` a BLAKE2 hash of
+    all the parameters then (equal on every rank when DDP keeps them in sync; buffers
+    such as BatchNorm statistics are left out: each rank updates its own, and DDP
+    broadcasts rank 0's at the next forward). Enabled by :data:`TRACE_ENV`; hashing the
+    weights each step costs time, so only for checks.
+    """
+
+    def __init__(self, folder: str | Path, stage: str) -> None:
+        self.folder = Path(folder)
+        self.stage = stage
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
+    ) -> None:
+        record = {
+            "stage": self.stage,
+            "rank": trainer.global_rank,
+            "world": trainer.world_size,
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "stems": list(batch["stems"]),
+            "datasets": list(batch.get("datasets") or []),
+            "digest": parameter_digest(pl_module),
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{self.stage}-rank{trainer.global_rank}.jsonl"
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def parameter_digest(module: torch.nn.Module) -> str:
+    """BLAKE2 hash (hex) of all of ``module``'s parameters, in order (not its buffers)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in module.parameters():
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _trace(stage: str) -> list[L.Callback]:
+    folder = os.environ.get(TRACE_ENV)
+    return [RankTrace(folder, stage)] if folder else []
 
 
 def trainer_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -116,7 +191,6 @@ def train_joint(
 
     seed = int(config.get("seed", 0))
     L.seed_everything(seed, workers=True, verbose=False)
-    save_config(config, out / "config.yaml")
     loader = build_train_loader(config["data"], seed)
     module = MoEFusionModule(config)
 
@@ -135,12 +209,16 @@ def train_joint(
             TensorBoardLogger(out / "logs", name="tensorboard"),
             CSVLogger(out / "logs", name="csv"),
         ],
-        callbacks=[checkpoint, SaveConfigBeside(config, ckpt_dir)],
+        callbacks=[
+            checkpoint,
+            SaveConfigs({out / "config.yaml": config, ckpt_dir / "config.yaml": config}),
+            *_trace("joint"),
+        ],
         gradient_clip_val=float(config["optim"].get("grad_clip", 35.0)),
         gradient_clip_algorithm="norm",
         enable_progress_bar=progress,
         enable_model_summary=False,
-        use_distributed_sampler=False,  # EpochSampler shards by rank itself
+        use_distributed_sampler=False,  # EpochSampler shards by rank itself, when iterated
         **trainer_kwargs(config),
     )
     start = time.perf_counter()
@@ -159,7 +237,11 @@ def train_joint(
 
 
 def _stage_trainer(
-    cfg: Mapping[str, Any], stage_dir: Path, progress: bool, callbacks: list[L.Callback]
+    cfg: Mapping[str, Any],
+    stage_dir: Path,
+    progress: bool,
+    callbacks: list[L.Callback],
+    configs: Mapping[Path, Mapping[str, Any]],
 ) -> L.Trainer:
     checkpoint = ModelCheckpoint(
         dirpath=stage_dir / "checkpoints",
@@ -175,7 +257,7 @@ def _stage_trainer(
             TensorBoardLogger(stage_dir / "logs", name="tensorboard"),
             CSVLogger(stage_dir / "logs", name="csv"),
         ],
-        callbacks=[checkpoint, SaveConfigBeside(cfg, stage_dir / "checkpoints"), *callbacks],
+        callbacks=[checkpoint, SaveConfigs(configs), *callbacks, *_trace(str(cfg["stage"]))],
         gradient_clip_val=float(cfg["optim"].get("grad_clip", 35.0)),
         gradient_clip_algorithm="norm",
         enable_progress_bar=progress,
@@ -217,14 +299,35 @@ def _checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
 
 
-def _val_pairs(cfg: Mapping[str, Any], model: Any, progress: bool) -> list[dict[str, Any]]:
-    """Whole validation pairs (split part ``val``) with cached attention; [] without a val part."""
+def _val_dataset(cfg: Mapping[str, Any]) -> Dataset | None:
+    """Whole validation pairs (split part ``val``); None without a val part."""
     data = dict(cfg["data"], crop=None, hflip=0, split_part="val")
     try:
         dataset = build_train_dataset(data)
     except (ConfigError, MoEFusionError, KeyError):
-        return []
-    return build_cache(model, dataset, progress=progress, desc="validation pairs")
+        return None
+    return dataset if len(dataset) else None
+
+
+def _val_pairs(dataset: Dataset, progress: bool, model: MoEFusion) -> list[dict[str, Any]]:
+    """The validation pairs with cached attention (every rank its share, in ``setup``)."""
+    return build_cache(model, dataset, progress=progress, desc="validation pairs", distributed=True)
+
+
+def _fusion_loader(
+    cfg: Mapping[str, Any], seed: int, progress: bool, module: L.LightningModule
+) -> DataLoader:
+    """Stage 2's loader over the attention cache, built in ``setup`` (every rank its share)."""
+    # the cache holds whole (resized) pairs; crops and flips are drawn per step
+    whole = dict(cfg["data"], crop=None, hflip=0)
+    items = build_cache(
+        module.model,  # type: ignore[arg-type]
+        build_train_dataset(whole),
+        progress=progress,
+        distributed=True,
+    )
+    dataset = CachedPairs(items, build_random_transform(cfg["data"]))
+    return loader_for(dataset, dict(cfg["data"], num_workers=0), seed)
 
 
 def train_staged(
@@ -252,7 +355,8 @@ def train_staged(
     ):
         raise ConfigError(f"cannot resume: no stage checkpoint under {out}")
     seed = int(config.get("seed", 0))
-    save_config(config, out / "config.yaml")
+    # written by the first stage that trains (see the module doc), else at the end
+    run_config: dict[Path, Mapping[str, Any]] = {out / "config.yaml": config}
     state: dict[str, torch.Tensor] | None = None
     module: L.LightningModule | None = None
     is_global_zero = True
@@ -295,24 +399,24 @@ def train_staged(
                 )
         callbacks: list[L.Callback] = []
         optim = cfg["optim"]
+        data: dict[str, Any]
         if name == "detect":
             loader = loader_for(
                 labelled_subset(build_train_dataset(cfg["data"])), cfg["data"], seed
             )
+            data = {"train_dataloaders": loader}
         elif name == "fusion":
-            # the cache holds whole (resized) pairs; crops and flips are drawn per step
-            whole = dict(cfg["data"], crop=None, hflip=0)
-            items = build_cache(module.model, build_train_dataset(whole), progress=progress)
-            dataset = CachedPairs(items, build_random_transform(cfg["data"]))
-            loader = loader_for(dataset, dict(cfg["data"], num_workers=0), seed)
+            data = {
+                "datamodule": SetupLoader(functools.partial(_fusion_loader, cfg, seed, progress))
+            }
         else:
-            loader = build_train_loader(cfg["data"], seed)
+            data = {"train_dataloaders": build_train_loader(cfg["data"], seed)}
         if name in ("fusion", "joint"):
-            pairs = _val_pairs(cfg, module.model, progress)
-            if pairs:
+            val = _val_dataset(cfg)
+            if val is not None:
                 callbacks.append(
                     FitReport(
-                        pairs,
+                        functools.partial(_val_pairs, val, progress),
                         out / "fit_report.jsonl",
                         pixel_target=str(optim.get("pixel_target", "boxes")),
                         alpha=float(optim.get("alpha", 10.0)),
@@ -320,10 +424,15 @@ def train_staged(
                         recompute_attention=name == "joint",
                     )
                 )
-        save_config(cfg, stage_dir / "config.yaml")
-        trainer = _stage_trainer(cfg, stage_dir, progress, callbacks)
+        configs = {
+            **run_config,
+            stage_dir / "config.yaml": cfg,
+            stage_dir / "checkpoints" / "config.yaml": cfg,
+        }
+        run_config = {}
+        trainer = _stage_trainer(cfg, stage_dir, progress, callbacks, configs)
         stage_start = time.perf_counter()
-        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+        trainer.fit(module, ckpt_path=ckpt_path, **data)
         is_global_zero = trainer.is_global_zero
         if is_global_zero:
             (stage_dir / "done.json").write_text(
@@ -344,6 +453,8 @@ def train_staged(
         module = FusionStageModule(stage_config(config, "fusion"))
         module.model.load_state_dict(state)
     if is_global_zero:
+        for path, cfg in run_config.items():  # no stage trained in this launch
+            save_config(cfg, path)
         save_weights(
             module.model,
             out / "moefusion.safetensors",
