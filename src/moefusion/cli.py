@@ -67,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    # what a command would be re-run with (``fuse --devices N`` starts its other
+    # processes by re-running the command line, as Lightning's DDP launcher does)
+    args._argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -17,7 +17,7 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -119,6 +119,19 @@ def add_parser(
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave pairs whose outputs exist alone (resume a killed run); not with --overwrite",
+    )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="shard the pairs across N processes (N GPUs, or N CPU processes with "
+        "--device cpu); default 1: one process",
+    )
+    p.add_argument(
         "--figure",
         type=Path,
         default=None,
@@ -167,6 +180,13 @@ def _check_options(args: argparse.Namespace) -> None:
         raise MoEFusionError(f"--save-gates must end in .json or .csv, got {args.save_gates}")
     if args.figure is not None:
         check_figure_path(args.figure)
+    if args.skip_existing and args.overwrite:
+        raise MoEFusionError(
+            "--skip-existing and --overwrite contradict each other (leave existing outputs "
+            "alone, or replace them); pass one"
+        )
+    if args.devices < 1:
+        raise MoEFusionError(f"--devices must be >= 1, got {args.devices}")
     check_not_same_input(args.ir, args.vi)
 
 
@@ -209,9 +229,22 @@ def check_job_targets(jobs: Sequence[Job], args: argparse.Namespace, extra: Sequ
     check_targets(
         targets,
         (p for j in jobs for p in (j.pair.ir, j.pair.vi)),
-        overwrite=args.overwrite,
+        # --skip-existing: existing outputs are allowed, and left alone
+        overwrite=args.overwrite or getattr(args, "skip_existing", False),
         clash_hint=f" (stems clash with the '{COLOR_DIR}' folder or with each other)",
     )
+
+
+def split_existing(jobs: Sequence[Job]) -> tuple[list[Job], list[Job]]:
+    """``(jobs to run, jobs skipped)`` for ``--skip-existing``: a job is skipped when all
+    its outputs exist. A job with some outputs missing (a run killed between the gray and
+    the colour image) is run again and writes only the missing ones (see :func:`_save`)."""
+    todo: list[Job] = []
+    skipped: list[Job] = []
+    for j in jobs:
+        done = j.gray.exists() and (j.color is None or j.color.exists())
+        (skipped if done else todo).append(j)
+    return todo, skipped
 
 
 # ------------------------------------------------------------------------------ gates log
@@ -223,6 +256,8 @@ class GateLog:
 
     weights: str
     records: list[dict] = field(default_factory=list)
+    #: records of an existing log kept by ``--skip-existing`` (:meth:`keep_existing`)
+    previous: list[dict] = field(default_factory=list)
 
     def add(self, job: Job, gates: dict[str, np.ndarray], tiles: int) -> None:
         self.records.append(
@@ -240,11 +275,33 @@ class GateLog:
             }
         )
 
+    def keep_existing(self, path: Path) -> int:
+        """``--skip-existing``: take over the records of an existing log at ``path`` (so
+        that a resumed run's log covers the pairs fused before it too); records of pairs
+        fused again replace them when written. Returns how many were read.
+
+        Raises:
+            MoEFusionError: the file cannot be read as a gates log.
+        """
+        if not path.is_file():
+            return 0
+        try:
+            old = read_gate_records(path)
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise MoEFusionError(
+                f"--skip-existing: cannot read the existing gates log {path} ({exc}); "
+                "remove it or choose another --save-gates file"
+            ) from exc
+        self.previous = old
+        return len(old)
+
     def write(self, path: Path) -> Path:
         """Write the log (atomically: a temporary file renamed onto ``path``)."""
         from moefusion.atomic import atomic_open, atomic_write_text
 
-        records = sorted(self.records, key=lambda r: r["stem"])
+        fused = {r["stem"] for r in self.records}
+        previous = [r for r in self.previous if r["stem"] not in fused]
+        records = sorted(previous + self.records, key=lambda r: r["stem"])
         if path.suffix.lower() == ".json":
             # one pair per line: diff- and grep-friendly, unlike one number per line
             pairs = ",\n".join("  " + json.dumps(r) for r in records)
@@ -267,15 +324,51 @@ class GateLog:
         return path
 
 
+def read_gate_records(path: Path) -> list[dict]:
+    """The records of a gates log written by :meth:`GateLog.write` (JSON or CSV)."""
+    if path.suffix.lower() == ".json":
+        return list(json.loads(path.read_text(encoding="utf-8"))["pairs"])
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return []
+    header = rows[0]
+    if header[:4] != ["stem", "ir", "vi", "tiles"]:
+        raise ValueError("not a gates log: the header does not start with stem,ir,vi,tiles")
+    names = [h[: -len("_experts")] for h in header if h.endswith("_experts")]
+    records = []
+    for row in rows[1:]:
+        cols = dict(zip(header, row, strict=True))
+        records.append(
+            {
+                "stem": cols["stem"],
+                "ir": cols["ir"],
+                "vi": cols["vi"],
+                "tiles": int(cols["tiles"]),
+                "gates": {
+                    n: [
+                        float(cols[h])
+                        for h in header
+                        if h.rpartition("_")[0] == n and h.rpartition("_")[2].isdigit()
+                    ]
+                    for n in names
+                },
+                "experts": {n: [int(i) for i in cols[f"{n}_experts"].split()] for n in names},
+            }
+        )
+    return records
+
+
 # ------------------------------------------------------------------------------ run
 
 
-def _report(job: Job, exc: BaseException) -> None:
+def _failure_line(job: Job, exc: BaseException) -> str:
     msg = str(exc).replace("\n", " ") or type(exc).__name__
-    tqdm.write(
-        f"moefusion fuse: failed {job.pair.stem} (ir {job.pair.ir}, vi {job.pair.vi}): {msg}",
-        file=sys.stderr,
-    )
+    return f"moefusion fuse: failed {job.pair.stem} (ir {job.pair.ir}, vi {job.pair.vi}): {msg}"
+
+
+def _report(job: Job, exc: BaseException) -> None:
+    tqdm.write(_failure_line(job, exc), file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -284,22 +377,37 @@ def run(args: argparse.Namespace) -> int:
     weights = resolve_weights(args.weights)
     from moefusion.fuser import Fuser, resolve_device
 
-    device = resolve_device(args.device)
+    sharded = None
+    if args.devices > 1:
+        from moefusion.commands._fuse_devices import ShardedRun
+
+        sharded = ShardedRun.configure(args)  # usage errors before anything else
+    else:
+        device = resolve_device(args.device)
 
     pairs = find_pairs(args.ir, args.vi, recursive=args.recursive)
     jobs = plan_jobs(pairs, args.out, args.color)
     extra = [p for p in (args.figure, args.save_gates) if p is not None]
     check_job_targets(jobs, args, extra)
     check_writable_outputs(args.out, extra)
+    todo, skipped = split_existing(jobs) if args.skip_existing else (list(jobs), [])
+    gate_log = GateLog(str(weights)) if args.save_gates is not None else None
+    if gate_log is not None and args.skip_existing:
+        gate_log.keep_existing(args.save_gates)
+    draw_figure = args.figure is not None and not (args.skip_existing and args.figure.exists())
+    if sharded is not None:
+        return sharded.run(weights, resize, jobs, todo, len(skipped), gate_log, draw_figure)
 
     fuser = Fuser.from_file(weights, device=device)
-    gate_log = GateLog(str(weights)) if args.save_gates is not None else None
-    figure_rows: list[FigureRow] | None = [] if args.figure is not None else None
+    figure_rows: list[FigureRow] | None = [] if draw_figure else None
     state = _RunState()
     start = time.perf_counter()
-    bar = tqdm(total=len(jobs), unit="pair", desc="fuse", disable=args.no_progress)
+    bar = tqdm(
+        total=len(jobs), initial=len(skipped), unit="pair", desc="fuse", disable=args.no_progress
+    )
     try:
-        _fuse_jobs(fuser, jobs, resize, args, gate_log, figure_rows, state, bar)
+        for _ in _fuse_jobs(fuser, todo, resize, args, gate_log, figure_rows, state, bar):
+            pass
     except KeyboardInterrupt:
         bar.close()
         # what was fused so far stays usable: its gates are written, nothing is half-written
@@ -311,27 +419,45 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         print(
-            f"moefusion fuse: interrupted after {state.done} of {len(jobs)} pair(s)",
+            f"moefusion fuse: interrupted after {state.done} of {len(todo)} pair(s)"
+            + _resume_hint(args),
             file=sys.stderr,
         )
         raise
     bar.close()
     elapsed = time.perf_counter() - start
-
-    failed = state.failed
-    done = len(jobs) - failed
     if gate_log is not None:
         gate_log.write(args.save_gates)
     if figure_rows:
-        from moefusion.atomic import atomic_path
-        from moefusion.figures import save_pair_figure
+        save_figure(figure_rows, args.figure)
+    return summarize(
+        args, total=len(jobs), skipped=len(skipped), failed=state.failed, elapsed=elapsed
+    )
 
-        with atomic_path(args.figure, keep_suffix=True) as tmp:
-            save_pair_figure(figure_rows, tmp)
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    return "" if args.skip_existing else "; rerun with --skip-existing to fuse only the rest"
+
+
+def save_figure(rows: list[FigureRow], path: Path) -> None:
+    from moefusion.atomic import atomic_path
+    from moefusion.figures import save_pair_figure
+
+    with atomic_path(path, keep_suffix=True) as tmp:
+        save_pair_figure(rows, tmp)
+
+
+def summarize(
+    args: argparse.Namespace, *, total: int, skipped: int, failed: int, elapsed: float
+) -> int:
+    """Print the one summary line; the exit code (0 all fused or skipped, 1 some failed)."""
+    done = total - skipped - failed
     rate = done / elapsed if elapsed > 0 else float("inf")
     print(
-        f"fused {done}/{len(jobs)} pair(s) into {args.out} in {elapsed:.1f} s "
-        f"({rate:.2f} pairs/s)" + (f"; {failed} failed" if failed else "")
+        f"fused {done}/{total} pair(s) into {args.out} in {elapsed:.1f} s "
+        f"({rate:.2f} pairs/s)"
+        + (f"; {skipped} skipped (outputs exist)" if skipped else "")
+        + (f"; {failed} failed" if failed else "")
     )
     return 0 if failed == 0 else 1
 
@@ -340,11 +466,20 @@ def run(args: argparse.Namespace) -> int:
 class _RunState:
     done: int = 0
     failed: int = 0
+    #: None: failures are printed at once; a list: their lines are collected here (the
+    #: processes of ``--devices N`` send them to rank 0, which prints them)
+    messages: list[str] | None = None
 
     def fail(self, job: Job, exc: BaseException, bar: tqdm) -> None:
-        _report(job, exc)
-        self.failed += 1
+        self.failed_only(job, exc)
         bar.update(1)
+
+    def failed_only(self, job: Job, exc: BaseException) -> None:
+        if self.messages is None:
+            _report(job, exc)
+        else:
+            self.messages.append(_failure_line(job, exc))
+        self.failed += 1
 
 
 def _fuse_jobs(
@@ -356,8 +491,9 @@ def _fuse_jobs(
     figure_rows: list[FigureRow] | None,
     state: _RunState,
     bar: tqdm,
-) -> None:
-    """read -> fuse -> colour -> save, one batch of same-size pairs at a time."""
+) -> Iterator[None]:
+    """read -> fuse -> colour -> save, one batch of same-size pairs at a time; yields after
+    each batch (``state`` holds the counts so far)."""
     batches = read_pair_batches(
         [j.pair for j in jobs], batch_size=args.batch_size, resize=resize, high_bit=args.high_bit
     )
@@ -375,14 +511,14 @@ def _fuse_jobs(
                 state.fail(job, res, bar)
                 continue
             try:
-                _save(job, lp, res.fused, figure_rows)
+                _save(job, lp, res.fused, figure_rows, keep=args.skip_existing)
                 if gate_log is not None:
                     gate_log.add(job, res.gates, res.tiles)
                 state.done += 1
             except PAIR_ERRORS as exc:
-                _report(job, exc)
-                state.failed += 1
+                state.failed_only(job, exc)
             bar.update(1)
+        yield
 
 
 def _tiling(
@@ -427,10 +563,19 @@ def _fuse_loaded(
     return [(job, lp, res) for (job, lp), res in zip(loaded, results, strict=True)]
 
 
-def _save(job: Job, lp: LoadedPair, fused: np.ndarray, figure_rows: list[FigureRow] | None) -> None:
-    """colour -> save: the gray image, the colourised one, and a figure row."""
-    save_gray_u8(job.gray, fused)
-    if job.color is not None:
+def _save(
+    job: Job,
+    lp: LoadedPair,
+    fused: np.ndarray,
+    figure_rows: list[FigureRow] | None,
+    *,
+    keep: bool = False,
+) -> None:
+    """colour -> save: the gray image, the colourised one, and a figure row. ``keep``
+    (``--skip-existing``) leaves an output that exists alone."""
+    if not (keep and job.gray.exists()):
+        save_gray_u8(job.gray, fused)
+    if job.color is not None and not (keep and job.color.exists()):
         save_image_atomic(job.color, colorize_u8(fused, lp.vi_rgb))
     if figure_rows is not None:
         from moefusion.figures import MAX_ROWS, FigureRow
