@@ -67,10 +67,17 @@ def random_batch(b: int, h: int, w: int, num_classes: int) -> dict:
         wh = 16 + torch.rand(3, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3])
         boxes = torch.cat([xy, xy + wh], 1)
         targets.append({"boxes": boxes, "labels": torch.randint(0, num_classes, (3,), generator=g)})
-    return {"ir": ir, "vi": vi, "attention": torch.rand(b, 1, h, w, generator=g), "targets": targets}
+    return {
+        "ir": ir,
+        "vi": vi,
+        "attention": torch.rand(b, 1, h, w, generator=g),
+        "targets": targets,
+    }
 
 
-def step_fn(model: MoEFusion, part: str, batch: dict, bf16: bool, fusion: torch.nn.Module) -> Callable[[], None]:
+def step_fn(
+    model: MoEFusion, part: str, batch: dict, bf16: bool, fusion: torch.nn.Module
+) -> Callable[[], None]:
     params = (
         model.attention.parameters()
         if part == "detectors"
@@ -89,7 +96,9 @@ def step_fn(model: MoEFusion, part: str, batch: dict, bf16: bool, fusion: torch.
                 loss = sum(losses.values())
             elif part == "fusion":
                 out = fusion(batch["ir"], batch["vi"], batch["attention"])
-                loss = fusion_loss(out.fused.float(), batch["ir"], batch["vi"], None, out.load_loss)["total"]
+                loss = fusion_loss(
+                    out.fused.float(), batch["ir"], batch["vi"], None, out.load_loss
+                )["total"]
             else:
                 out = model(batch["ir"], batch["vi"], batch["targets"])
                 fl = fusion_loss(out.fused.float(), batch["ir"], batch["vi"], boxes, out.load_loss)
@@ -117,7 +126,9 @@ def bench_config(name: str, steps: int, compile_: bool) -> list[Row]:
     for part, shape in SETTINGS[name].items():
         variants = ["fp32", "bf16"]
         if part == "fusion":
-            variants += ["channels-last", "channels-last + bf16"] + (["torch.compile"] if compile_ else [])
+            variants += ["channels-last", "channels-last + bf16"] + (
+                ["torch.compile"] if compile_ else []
+            )
         for variant in variants:
             torch.manual_seed(0)
             model = MoEFusion(MoEFusionConfig.from_dict(config["model"])).train()
@@ -138,7 +149,9 @@ def bench_config(name: str, steps: int, compile_: bool) -> list[Row]:
             except Exception as exc:  # noqa: BLE001 - a variant that fails is reported as n/a
                 ms, note = None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
             rows.append(Row(name, part, variant, shape, ms, note))
-            print(f"  {name} {part} {variant}: {'n/a' if ms is None else f'{ms:.0f} ms'}", flush=True)
+            print(
+                f"  {name} {part} {variant}: {'n/a' if ms is None else f'{ms:.0f} ms'}", flush=True
+            )
     return rows
 
 
@@ -167,7 +180,9 @@ def main() -> None:
         ms = "n/a" if r.ms is None else f"{r.ms:.0f}"
         mp = "" if r.mpix_per_s is None else f"{r.mpix_per_s:.3f}"
         b, h, w = r.shape
-        print(f"| {r.config} | {r.part} | {b} x {h} x {w} | {r.variant} | {ms} | {mp} | {ratio} {r.note} |")
+        print(
+            f"| {r.config} | {r.part} | {b} x {h} x {w} | {r.variant} | {ms} | {mp} | {ratio} {r.note} |"
+        )
 
 
 if __name__ == "__main__":

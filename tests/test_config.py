@@ -14,7 +14,7 @@ PRETRAINED_CONFIG = (
     / "src"
     / "moefusion"
     / "pretrained"
-    / "moefusion-cpu-v1.config.yaml"
+    / "moefusion-cpu-v2.config.yaml"
 )
 
 
@@ -40,8 +40,10 @@ def test_unknown_override_keys_fail() -> None:
         load_run_config("cpu", ["optim.lr"])
 
 
-def test_shipped_run_config_reads_its_learning_rate_as_a_number() -> None:
-    # written as ``lr: 1e-3`` (the run's override): a float, not the string "1e-3"
-    optim = load_config_file(PRETRAINED_CONFIG)["optim"]
-    assert optim["lr"] == pytest.approx(1e-3)
-    assert isinstance(optim["lr"], float)
+def test_shipped_run_config_reads_its_learning_rates_as_numbers() -> None:
+    # the bundled run's resolved config: floats, not strings such as "1e-3"
+    config = load_config_file(PRETRAINED_CONFIG)
+    assert config["optim"]["lr"] == pytest.approx(1e-4)
+    fusion = config["stages"]["fusion"]["optim"]
+    assert fusion["lr"] == pytest.approx(1e-3) and isinstance(fusion["lr"], float)
+    assert config["schedule"] == "staged"
