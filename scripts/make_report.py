@@ -38,6 +38,7 @@ from moefusion.evaluation import (  # noqa: E402
     write_tables,
 )
 from moefusion.figures import FigureRow, save_pair_figure  # noqa: E402
+from moefusion.training.fit_report import correlation  # noqa: E402
 from moefusion.weights import bundled_weights_path, read_metadata  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,11 +129,6 @@ def gate_report(gates_by_stem: dict[str, dict[str, np.ndarray]], split_test: set
     return rows
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def fit_on_training_pairs(fuser: Fuser, data: Path, split: dict) -> dict[str, float]:
     """Mean fusion objective (max target + 10 x gradient) on training pairs, as trained
     (longer side shrunk to 640): the model against the Laplacian pyramid and the average."""
@@ -192,7 +188,7 @@ def day_night_figure(fuser: Fuser, data: Path, out: Path) -> list[str]:
         fused = fuser.fuse(loaded.ir, loaded.vi)
         color = colorize(fused, loaded.vi_rgb) if loaded.vi_is_color else None
         rows.append(FigureRow(stem, loaded.ir, loaded.vi_rgb, fused, color))
-        c_vi, c_ir = _corr(fused, loaded.vi), _corr(fused, loaded.ir)
+        c_vi, c_ir = correlation(fused, loaded.vi), correlation(fused, loaded.ir)
         hot = loaded.ir >= np.quantile(loaded.ir, 0.99)  # the brightest 1 % of infrared
         kept = float(fused[hot].mean() / max(1e-6, loaded.ir[hot].mean()))
         # texture: gradient energy of the fused image relative to the visible one's

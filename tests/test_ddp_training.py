@@ -207,6 +207,16 @@ def check_sharded_epoch(
     return steps
 
 
+def only_rank0_wrote(result: dict, out: Path, names: tuple[str, ...]) -> set[str]:
+    """Assert rank 1 wrote nothing and rank 0 wrote each of ``names`` under ``out``;
+    returns rank 0's written paths."""
+    assert result["writes"][1] == [], result["writes"][1][:10]
+    w0 = written(result["writes"][0])
+    for name in names:
+        assert str(out / name) in w0, name
+    return w0
+
+
 def written(writes: list[str]) -> set[str]:
     """Paths that ``writes`` created or filled (open for writing, rename target, mkdir)."""
     out = set()
@@ -242,18 +252,16 @@ def test_joint_schedule_on_two_processes_shards_the_data_and_resumes(tmp_path: P
     assert len(set(digests)) == len(digests), "the parameters did not change every step"
 
     # only rank 0 wrote, and it wrote the run (the audit sees the files it should)
-    assert first["writes"][1] == [], first["writes"][1][:10]
-    w0 = written(first["writes"][0])
-    for name in (
+    names = (
         "config.yaml",
         "checkpoints/config.yaml",
         "checkpoints/epoch000.ckpt",
         "checkpoints/last.ckpt",
         "logs/csv/version_0/metrics.csv",
         "moefusion.safetensors",
-    ):
-        assert str(out / name) in w0, name
-        assert (out / name).is_file()
+    )
+    w0 = only_rank0_wrote(first, out, names)
+    assert all((out / name).is_file() for name in names)
     assert any("logs/tensorboard/version_0/events" in p for p in w0)
     assert [p.name for p in (out / "logs" / "csv").iterdir()] == ["version_0"]
 
@@ -307,20 +315,21 @@ def test_staged_schedule_on_two_processes_shards_cache_and_batches(tmp_path: Pat
     # the fit report ran on rank 0 only: one record for the one fusion epoch
     records = [json.loads(x) for x in (out / "fit_report.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in records] == [("fusion", 0)]
-    assert first["writes"][1] == [], first["writes"][1][:10]
-    w0 = written(first["writes"][0])
-    for name in (
-        "config.yaml",
-        "fit_report.jsonl",
-        "moefusion.safetensors",
-        "stage1-detect/done.json",
-        "stage1-detect/config.yaml",
-        "stage1-detect/checkpoints/last.ckpt",
-        "stage2-fusion/done.json",
-        "stage2-fusion/checkpoints/epoch000.ckpt",
-        "stage2-fusion/logs/csv/version_0/metrics.csv",
-    ):
-        assert str(out / name) in w0, name
+    only_rank0_wrote(
+        first,
+        out,
+        (
+            "config.yaml",
+            "fit_report.jsonl",
+            "moefusion.safetensors",
+            "stage1-detect/done.json",
+            "stage1-detect/config.yaml",
+            "stage1-detect/checkpoints/last.ckpt",
+            "stage2-fusion/done.json",
+            "stage2-fusion/checkpoints/epoch000.ckpt",
+            "stage2-fusion/logs/csv/version_0/metrics.csv",
+        ),
+    )
 
     # --resume auto: the detect stage is done; the fusion stage continues with epoch 1
     second = launch(tmp_path, out, "b", *staged, fusion_epochs % 2, *DDP, "--resume", "auto")

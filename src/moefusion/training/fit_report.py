@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from moefusion.baselines import fuse_baseline, to_u8
-from moefusion.losses import gradient_loss, pixel_loss
+from moefusion.losses import fusion_loss
 from moefusion.metrics import compute
 from moefusion.models import MoEFusion
 from moefusion.training.cache import attention_map
@@ -43,10 +43,12 @@ def objective(
     """Pixel + alpha x gradient loss of one ``[1, H, W]`` output (the fusion objective)."""
     f, a, b = fused[None], ir[None], vi[None]
     target_boxes = [boxes] if pixel_target == "boxes" else None
-    return float(pixel_loss(f, a, b, target_boxes) + alpha * gradient_loss(f, a, b))
+    return float(fusion_loss(f, a, b, target_boxes, 0.0, alpha=alpha)["total"])
 
 
-def _corr(x: np.ndarray, y: np.ndarray) -> float:
+def correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of two images (float64); NaN when either is constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     dx, dy = x - x.mean(), y - y.mean()
     den = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
     return float((dx * dy).sum() / den) if den > 0 else float("nan")
@@ -109,8 +111,8 @@ def model_fit(
             f_u8 = to_u8(fused[0].double().numpy())
             scds.append(compute(ir_u8, vi_u8, f_u8, convention="paper", metrics=["SCD"])["SCD"])
             f64 = f_u8.astype(np.float64)
-            c_ir.append(_corr(f64, ir_u8.astype(np.float64)))
-            c_vi.append(_corr(f64, vi_u8.astype(np.float64)))
+            c_ir.append(correlation(f64, ir_u8.astype(np.float64)))
+            c_vi.append(correlation(f64, vi_u8.astype(np.float64)))
             for name, g in out.gates.items():
                 gates.setdefault(name, []).append(g.cpu())
     finally:

@@ -49,23 +49,49 @@ def batch_targets(batch: Mapping[str, Any]) -> list[dict[str, torch.Tensor] | No
     ]
 
 
-class MoEFusionModule(L.LightningModule):
-    """Fusion loss (pixel + alpha * gradient + load, eq. 5) plus both detectors' losses.
-
-    ``config`` is the whole resolved run config; it is stored in every checkpoint.
-    """
+class RunModule(L.LightningModule):
+    """What every training module shares: the run config (stored in each checkpoint),
+    the model, per-step seeding of the gate noise and the expert-usage log."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__()
         self.save_hyperparameters({"config": dict(config)})
         self.run_config = dict(config)
         self.model = MoEFusion(MoEFusionConfig.from_dict(config["model"]))
-        self.alpha = float(config["optim"].get("alpha", 10.0))
         self.seed = int(config.get("seed", 0))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Gate noise draws from the global RNG: seed it per step so resume is exact.
         torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
+
+    def log_gate_usage(self, gates: Mapping[str, torch.Tensor], batch_size: int) -> None:
+        """Fraction of the batch's samples routed to each expert: shows which experts fire."""
+        for key, weights in gates.items():
+            for i, share in enumerate((weights > 0).float().mean(0).tolist()):
+                self.log(f"gates/{key}_e{i}", share, batch_size=batch_size)
+
+
+def adam_with_epoch_steps(params: Any, optim: Mapping[str, Any]) -> dict[str, Any]:
+    """Adam (``optim.lr``, ``optim.weight_decay``) with x``gamma`` steps at the epochs in
+    ``optim.milestones``, as Lightning's ``configure_optimizers`` returns it."""
+    optimizer = torch.optim.Adam(
+        params, lr=float(optim["lr"]), weight_decay=float(optim["weight_decay"])
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(optim["milestones"]), gamma=float(optim["gamma"])
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class MoEFusionModule(RunModule):
+    """Fusion loss (pixel + alpha * gradient + load, eq. 5) plus both detectors' losses.
+
+    ``config`` is the whole resolved run config; it is stored in every checkpoint.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__(config)
+        self.alpha = float(config["optim"].get("alpha", 10.0))
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.model(batch["ir"], batch["vi"], batch_targets(batch))
@@ -88,10 +114,7 @@ class MoEFusionModule(L.LightningModule):
         self.log("loss/det", det, batch_size=bsz)
         for key, value in out.det_losses.items():
             self.log(f"det/{key}", value, batch_size=bsz)
-        for key, gates in out.gates.items():
-            # fraction of samples routed to each expert: shows which experts fire
-            for i, share in enumerate((gates > 0).float().mean(0).tolist()):
-                self.log(f"gates/{key}_e{i}", share, batch_size=bsz)
+        self.log_gate_usage(out.gates, bsz)
         return total
 
     def on_train_start(self) -> None:
@@ -106,14 +129,4 @@ class MoEFusionModule(L.LightningModule):
                 )
 
     def configure_optimizers(self) -> Any:
-        optim = self.run_config["optim"]
-        optimizer = torch.optim.Adam(
-            self.parameters(), lr=float(optim["lr"]), weight_decay=float(optim["weight_decay"])
-        )
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=list(optim["milestones"]), gamma=float(optim["gamma"])
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+        return adam_with_epoch_steps(self.parameters(), self.run_config["optim"])

@@ -194,32 +194,13 @@ def train_joint(
     loader = build_train_loader(config["data"], seed)
     module = MoEFusionModule(config)
 
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="epoch{epoch:03d}",
-        auto_insert_metric_name=False,
-        every_n_epochs=1,
-        save_top_k=-1,
-        save_last=True,
-    )
-    trainer = L.Trainer(
-        default_root_dir=out,
-        logger=[
-            # versioned sub-folders, so a resumed run appends instead of overwriting
-            TensorBoardLogger(out / "logs", name="tensorboard"),
-            CSVLogger(out / "logs", name="csv"),
-        ],
-        callbacks=[
-            checkpoint,
-            SaveConfigs({out / "config.yaml": config, ckpt_dir / "config.yaml": config}),
-            *_trace("joint"),
-        ],
-        gradient_clip_val=float(config["optim"].get("grad_clip", 35.0)),
-        gradient_clip_algorithm="norm",
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        use_distributed_sampler=False,  # EpochSampler shards by rank itself, when iterated
-        **trainer_kwargs(config),
+    trainer = _run_trainer(
+        config,
+        out,
+        progress,
+        [],
+        {out / "config.yaml": config, ckpt_dir / "config.yaml": config},
+        trace="joint",
     )
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
@@ -236,15 +217,21 @@ def train_joint(
     return out
 
 
-def _stage_trainer(
+def _run_trainer(
     cfg: Mapping[str, Any],
-    stage_dir: Path,
+    run_dir: Path,
     progress: bool,
     callbacks: list[L.Callback],
     configs: Mapping[Path, Mapping[str, Any]],
+    *,
+    trace: str | None = None,
 ) -> L.Trainer:
+    """The Trainer of one run (a joint run or one stage) in ``run_dir``: checkpoints every
+    ``cfg["checkpoint_every"]`` epochs (default 1) plus ``last.ckpt``, versioned
+    TensorBoard and CSV logs (a resumed run appends a version), ``configs`` written on
+    rank 0 once training starts, and the rank trace named ``trace`` (default the stage)."""
     checkpoint = ModelCheckpoint(
-        dirpath=stage_dir / "checkpoints",
+        dirpath=run_dir / "checkpoints",
         filename="epoch{epoch:03d}",
         auto_insert_metric_name=False,
         every_n_epochs=int(cfg.get("checkpoint_every", 1)),
@@ -252,17 +239,22 @@ def _stage_trainer(
         save_last=True,
     )
     return L.Trainer(
-        default_root_dir=stage_dir,
+        default_root_dir=run_dir,
         logger=[
-            TensorBoardLogger(stage_dir / "logs", name="tensorboard"),
-            CSVLogger(stage_dir / "logs", name="csv"),
+            TensorBoardLogger(run_dir / "logs", name="tensorboard"),
+            CSVLogger(run_dir / "logs", name="csv"),
         ],
-        callbacks=[checkpoint, SaveConfigs(configs), *callbacks, *_trace(str(cfg["stage"]))],
+        callbacks=[
+            checkpoint,
+            SaveConfigs(configs),
+            *callbacks,
+            *_trace(trace or str(cfg["stage"])),
+        ],
         gradient_clip_val=float(cfg["optim"].get("grad_clip", 35.0)),
         gradient_clip_algorithm="norm",
         enable_progress_bar=progress,
         enable_model_summary=False,
-        use_distributed_sampler=False,
+        use_distributed_sampler=False,  # EpochSampler shards by rank itself, when iterated
         **trainer_kwargs(cfg),
     )
 
@@ -430,7 +422,7 @@ def train_staged(
             stage_dir / "checkpoints" / "config.yaml": cfg,
         }
         run_config = {}
-        trainer = _stage_trainer(cfg, stage_dir, progress, callbacks, configs)
+        trainer = _run_trainer(cfg, stage_dir, progress, callbacks, configs)
         stage_start = time.perf_counter()
         trainer.fit(module, ckpt_path=ckpt_path, **data)
         is_global_zero = trainer.is_global_zero

@@ -25,14 +25,11 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 
 from moefusion.errors import ConfigError
 from moefusion.losses import fusion_loss
-from moefusion.models import MoEFusion, MoEFusionConfig
-from moefusion.training.module import batch_targets
-from moefusion.training.sampling import step_seed
+from moefusion.training.module import RunModule, adam_with_epoch_steps, batch_targets
 
 STAGES: tuple[str, ...] = ("detect", "fusion", "joint")
 SCHEDULES: tuple[str, ...] = ("joint", "staged")
@@ -114,22 +111,15 @@ def _check_choice(value: Any, choices: Sequence[str], key: str) -> str:
     return str(value)
 
 
-class DetectorStageModule(L.LightningModule):
+class DetectorStageModule(RunModule):
     """Stage 1: both detectors' losses on labelled batches; the fusion branch is frozen.
 
     Learning rate: Adam with a step schedule in epochs (``optim.milestones``).
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.save_hyperparameters({"config": dict(config)})
-        self.run_config = dict(config)
-        self.model = MoEFusion(MoEFusionConfig.from_dict(config["model"]))
+        super().__init__(config)
         self.model.fusion.requires_grad_(False)
-        self.seed = int(config.get("seed", 0))
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         _, det_losses = self.model.attention(batch["ir"], batch["vi"], batch_targets(batch))
@@ -146,20 +136,10 @@ class DetectorStageModule(L.LightningModule):
         return [p for p in self.model.attention.parameters() if p.requires_grad]
 
     def configure_optimizers(self) -> Any:
-        optim = self.run_config["optim"]
-        optimizer = torch.optim.Adam(
-            self._params(), lr=float(optim["lr"]), weight_decay=float(optim["weight_decay"])
-        )
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=list(optim["milestones"]), gamma=float(optim["gamma"])
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+        return adam_with_epoch_steps(self._params(), self.run_config["optim"])
 
 
-class FusionStageModule(L.LightningModule):
+class FusionStageModule(RunModule):
     """Stage 2: the fusion branch alone on cached attention maps (detectors frozen).
 
     Batches carry ``"attention"`` ``[B, 1, H, W]``. Loss: paper eq. 5 with the pixel
@@ -169,10 +149,7 @@ class FusionStageModule(L.LightningModule):
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.save_hyperparameters({"config": dict(config)})
-        self.run_config = dict(config)
-        self.model = MoEFusion(MoEFusionConfig.from_dict(config["model"]))
+        super().__init__(config)
         self.model.attention.requires_grad_(False)
         optim = config["optim"]
         self.alpha = float(optim.get("alpha", 10.0))
@@ -180,10 +157,6 @@ class FusionStageModule(L.LightningModule):
         self.pixel_target = _check_choice(
             optim.get("pixel_target", "boxes"), PIXEL_TARGETS, "optim.pixel_target"
         )
-        self.seed = int(config.get("seed", 0))
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
 
     def on_train_epoch_start(self) -> None:
         self.model.attention.eval()  # frozen: its BatchNorm statistics must not move
@@ -204,9 +177,7 @@ class FusionStageModule(L.LightningModule):
         self.log("loss/fusion", losses["total"], prog_bar=True, batch_size=bsz)
         for key in ("pixel", "grad", "load"):
             self.log(f"loss/{key}", losses[key], batch_size=bsz)
-        for key, gates in out.gates.items():
-            for i, share in enumerate((gates > 0).float().mean(0).tolist()):
-                self.log(f"gates/{key}_e{i}", share, batch_size=bsz)
+        self.log_gate_usage(out.gates, bsz)
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bsz)  # type: ignore[union-attr]
         return losses["total"]
 
