@@ -1,0 +1,168 @@
+"""``moefusion study``: run one of the paper's studies (Table 2, Fig. 7, Fig. 8) on your data."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from moefusion.errors import MoEFusionError
+
+NAMES = ("ablation", "experts", "alpha")
+
+
+def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Train every variant of one of the paper's studies with the same recipe, seed, "
+            "data and budget (the fusion stage of a staged config, on the attention branch "
+            "of --weights), evaluate each on the held-out part of the split in the paper "
+            "convention, and write a table like the paper's (Markdown, CSV, JSON; best per "
+            "metric marked), a figure for experts and alpha, and a verdict per paper claim. "
+            "Resumable: run the same command again to continue; studies that share --out "
+            "share identical runs (the full model is E4K2 and alpha 10)."
+        ),
+        epilog=(
+            "studies:\n"
+            "  ablation  full, w/o MoLE, w/o MoGE, Att-Local (Table 2)\n"
+            "  experts   E2K2, E4K2, E6K2, E8K2, E4K1, E4K3, E4K4 (Fig. 7)\n"
+            "  alpha     alpha 1, 5, 10, 20, 40 (Fig. 8)\n"
+            "examples:\n"
+            "  moefusion study ablation --out runs/studies --steps 1000\n"
+            "  moefusion study experts --data mydata --out runs/mine --budget-minutes 10\n"
+            "  moefusion study alpha --out runs/studies --seeds 3   # means and spreads"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", choices=NAMES, metavar="NAME", help="ablation, experts or alpha")
+    p.add_argument(
+        "--data",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="dataset folder(s) with ir/ and vi/ (repeat); default: the config's datasets "
+        "(for cpu, ../shared/data with the shipped split)",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        metavar="NAME|FILE|auto",
+        help="train/val/test split; 'auto' (the default with --data) holds out 20 %% of each "
+        "dataset and keeps 15 %% of the rest for validation, written to <out>/split.json",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/studies"), help="study folder")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--steps", type=int, default=None, help="fusion-stage steps per run (default 1000)"
+    )
+    budget.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="wall-clock minutes per run instead of steps (constant learning rate)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per variant: seed, seed+1, ...")
+    p.add_argument("--config", default="cpu", help="staged base config (name or YAML file)")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="weights whose attention branch every run uses (default: the bundled weights)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run (repeat), e.g. --set stages.fusion.data.crop=96",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads per training run")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the table from the finished runs only (train nothing)",
+    )
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from moefusion.commands._common import resolve_weights
+    from moefusion.studies import STUDIES, Budget, StudySettings, run_variant
+    from moefusion.studies.report import write_report
+    from moefusion.studies.runner import resolve_run, run_folder
+
+    if args.seeds < 1:
+        raise MoEFusionError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.threads is not None and args.threads < 1:
+        raise MoEFusionError(f"--threads must be >= 1, got {args.threads}")
+    for d in args.data or []:
+        if not d.is_dir():
+            raise MoEFusionError(f"--data {d}: not a folder")
+    if args.out.exists() and not args.out.is_dir():
+        raise MoEFusionError(f"--out {args.out} exists and is not a folder")
+    study = STUDIES[args.name]
+    budget = (
+        Budget(steps=None, minutes=args.budget_minutes)
+        if args.budget_minutes is not None
+        else Budget(steps=args.steps if args.steps is not None else 1000)
+    )
+    settings = StudySettings(
+        config=args.config,
+        weights=resolve_weights(args.weights),
+        budget=budget,
+        seeds=tuple(range(args.seed, args.seed + args.seeds)),
+        data=tuple(args.data) if args.data else None,
+        split=args.split if args.split is not None else ("auto" if args.data else None),
+        overrides=tuple(args.overrides),
+        threads=args.threads,
+    )
+    from moefusion.atomic import check_writable
+
+    check_writable(args.out, "study folder")
+    args.out.mkdir(parents=True, exist_ok=True)
+    # every run's config must resolve (and its data open) before the first one trains
+    from moefusion.commands.train import check_data
+
+    first_config, _, _ = resolve_run(settings, study.variants[0], settings.seeds[0], args.out)
+    check_data(first_config)
+
+    start = time.perf_counter()
+    results = []
+    total = len(study.variants) * len(settings.seeds)
+    done = 0
+    for seed in settings.seeds:
+        for variant in study.variants:
+            if args.report_only:
+                _, _, key = resolve_run(settings, variant, seed, args.out)
+                if not (run_folder(args.out, variant, seed, key) / "heldout.json").is_file():
+                    continue
+            results.append(run_variant(study, variant, seed, settings, args.out))
+            done += 1
+            r = results[-1]
+            print(
+                f"[{done}/{total}] {variant.name} seed {seed}: {r.steps} steps, "
+                + ", ".join(f"{m} {v:.3f}" for m, v in r.means.items()),
+                flush=True,
+            )
+    if not results:
+        raise MoEFusionError(f"no finished runs of {study.name} under {args.out}")
+    header = [
+        f"Command: `moefusion study {study.name} --out {args.out} "
+        + (f"--budget-minutes {budget.minutes:g}" if budget.minutes else f"--steps {budget.steps}")
+        + (f" --seed {args.seed} --seeds {args.seeds}" if args.seeds > 1 or args.seed else "")
+        + "`.",
+        f"Budget: {budget.describe()} per run; config `{args.config}`, attention branch of "
+        f"`{settings.weights.name}`; {results[0].pairs} held-out pairs, paper convention; "
+        f"seeds {', '.join(map(str, settings.seeds))}.",
+    ]
+    paths = write_report(study, results, args.out, header)
+    print(f"{study.name}: {len(results)} runs in {(time.perf_counter() - start) / 60:.1f} min")
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
