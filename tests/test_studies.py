@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from moefusion.cli import main
@@ -194,3 +195,33 @@ def test_study_command_errors_are_one_line(tmp_path: Path, capsys: pytest.Captur
     assert main(["study", "experts", "--report-only", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "no finished runs of experts" in err or "dataset folder not found" in err
+
+
+def test_routing_permutation_test_separates_different_from_equal_routing() -> None:
+    from moefusion.studies.routing import permutation_test, selections
+
+    rng = np.random.default_rng(0)
+
+    def gates_choosing(pairs: list[tuple[int, int]]) -> np.ndarray:
+        g = np.zeros((len(pairs), 4))
+        for row, (a, b) in enumerate(pairs):
+            g[row, a], g[row, b] = 0.6, 0.4
+        return g
+
+    day = gates_choosing([(0, 1)] * 9 + [(2, 3)])
+    night = gates_choosing([(2, 3)] * 9 + [(0, 1)])
+    labels = ["D"] * 10 + ["N"] * 10
+    result = permutation_test(np.vstack([day, night]), labels, permutations=2000)
+    assert result.groups == ("D", "N") and result.counts == (10, 10)
+    np.testing.assert_allclose(result.frequencies[0], [0.9, 0.9, 0.1, 0.1])
+    assert result.statistic == pytest.approx(20 * 0.8)  # pairs x TV distance (0.8)
+    assert result.p_value < 0.01 and result.significant()
+
+    mixed = gates_choosing([tuple(rng.choice(4, 2, replace=False)) for _ in range(40)])
+    same = permutation_test(mixed, ["a", "b"] * 20, permutations=2000)
+    assert same.p_value > 0.05 and not same.significant()
+    again = permutation_test(mixed, ["a", "b"] * 20, permutations=2000)
+    assert again.p_value == same.p_value  # seeded
+    assert selections(day).sum(axis=1).tolist() == [2.0] * 10
+    with pytest.raises(ValueError, match="two groups"):
+        permutation_test(day, ["D"] * 10)

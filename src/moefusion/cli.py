@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "detect-eval": ("detect_eval", "detection evaluation of fused images (paper Table 3)"),
     "export": ("export", "export the fusion network to ONNX or TorchScript"),
+    "inspect": ("inspect", "figures of one pair: attention, every expert's output, the gates"),
     "study": ("study", "run a study of the paper (ablation, experts, alpha) on your data"),
 }
 

@@ -1,0 +1,96 @@
+"""Does routing adapt to the scene? A permutation test on which experts the gates select.
+
+Each fused pair gives, per mixture, a 0/1 selection vector over the N experts (1 for
+the K experts its gate selected). For groups of pairs (day and night, or datasets) the
+statistic is how far each group's selection frequencies lie from the pooled ones,
+
+    T = sum_g n_g * sum_e |p_g(e) - p(e)| / K,
+
+(``p_g(e)``: share of group g's pairs that selected expert e; for two groups of equal
+size this is ``n * TV``, with ``n`` all pairs and ``TV`` the total-variation distance
+between the two groups' routing distributions ``p_g / K``). Under the null hypothesis "routing does not depend on the group" the
+group labels are exchangeable, so the p-value is the share of label permutations with
+a statistic at least as large, ``(1 + #{T_perm >= T}) / (1 + permutations)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RoutingTest:
+    """Result of :func:`permutation_test`.
+
+    Attributes:
+        statistic: ``T`` of the observed labels.
+        p_value: permutation p-value in (0, 1].
+        groups: group names, in first-appearance order.
+        counts: pairs per group.
+        frequencies: ``[groups, N]`` share of each group's pairs that selected each expert.
+        permutations: permutations drawn.
+    """
+
+    statistic: float
+    p_value: float
+    groups: tuple[str, ...]
+    counts: tuple[int, ...]
+    frequencies: np.ndarray
+    permutations: int
+
+    def significant(self, level: float = 0.05) -> bool:
+        return self.p_value < level
+
+
+def selections(gates: np.ndarray) -> np.ndarray:
+    """``[n, N]`` gate weights -> ``[n, N]`` 0/1 matrix of the selected (non-zero) experts."""
+    gates = np.asarray(gates, dtype=np.float64)
+    if gates.ndim != 2:
+        raise ValueError(f"gates must be [pairs, experts], got shape {gates.shape}")
+    return (gates > 0).astype(np.float64)
+
+
+def _statistic(selected: np.ndarray, codes: np.ndarray, n_groups: int, k: float) -> float:
+    pooled = selected.mean(axis=0)
+    total = 0.0
+    for g in range(n_groups):
+        rows = selected[codes == g]
+        total += len(rows) * np.abs(rows.mean(axis=0) - pooled).sum() / k
+    return float(total)
+
+
+def permutation_test(
+    gates: np.ndarray, labels: Sequence[str], *, permutations: int = 10000, seed: int = 0
+) -> RoutingTest:
+    """Test whether the experts selected in ``gates`` (``[n, N]``) depend on ``labels``.
+
+    Raises:
+        ValueError: fewer than two groups, a group without pairs, or mismatched lengths.
+    """
+    selected = selections(gates)
+    if len(labels) != len(selected):
+        raise ValueError(f"{len(labels)} labels for {len(selected)} pairs")
+    groups = tuple(dict.fromkeys(str(x) for x in labels))
+    if len(groups) < 2:
+        raise ValueError("a permutation test needs at least two groups")
+    codes = np.array([groups.index(str(x)) for x in labels])
+    k = float(selected.sum(axis=1).max()) or 1.0
+    observed = _statistic(selected, codes, len(groups), k)
+    rng = np.random.default_rng(seed)
+    exceed = 0
+    for _ in range(permutations):
+        # a small tolerance: permutations that merely reorder ties must count as equal
+        if _statistic(selected, rng.permutation(codes), len(groups), k) >= observed - 1e-12:
+            exceed += 1
+    frequencies = np.stack([selected[codes == g].mean(axis=0) for g in range(len(groups))])
+    return RoutingTest(
+        statistic=observed,
+        p_value=(1 + exceed) / (1 + permutations),
+        groups=groups,
+        counts=tuple(int((codes == g).sum()) for g in range(len(groups))),
+        frequencies=frequencies,
+        permutations=permutations,
+    )
