@@ -167,3 +167,28 @@ def test_detect_stage_can_come_from_a_weights_file(tmp_path: Path) -> None:
     # the attention branch is the file's; the fusion branch was trained afresh
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("attention."))
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("fusion."))
+
+
+def test_detector_stage_resumes_with_the_configs_learning_rate_schedule() -> None:
+    from types import SimpleNamespace
+
+    from moefusion.training.stages import DetectorStageModule
+
+    config = stage_config(
+        load_run_config(
+            "cpu", ["model.detector.fpn_channels=16", "model.decoder_channels=[8, 8, 8]"]
+        ),
+        "detect",
+    )
+    module = DetectorStageModule(config)
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    for _ in range(55):  # a checkpoint past the old first milestone (50): rate x0.1
+        scheduler.optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-4)
+    # the resumed launch's config moved the milestones and the rate
+    module.run_config["optim"] = dict(config["optim"], lr=2e-3, milestones=[60, 70])
+    module._trainer = SimpleNamespace(lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
+    module.on_train_start()
+    assert scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)
+    assert sorted(scheduler.milestones) == [60, 70]

@@ -175,6 +175,7 @@ def load_run_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> 
 
 
 def save_config(config: Mapping[str, Any], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    """Write ``config`` as YAML; atomically, so an interrupted write leaves the old file."""
+    from moefusion.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(dict(config), sort_keys=False))

@@ -38,7 +38,8 @@ class CachedPairs(Dataset):
     Args:
         items: one dict per pair with ``"ir"``, ``"vi"``, ``"attention"`` (``[1, H, W]``
             float16), ``"boxes"``/``"labels"`` (or None), ``"stem"``, ``"dataset"``.
-        transform: random crop / flip on the float32 sample dict.
+        transform: random crop / flip, applied to the float16 sample dict before the
+            images are converted to float32.
     """
 
     def __init__(
@@ -51,15 +52,18 @@ class CachedPairs(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> Sample:
-        item = self.items[index]
-        sample = {
-            k: (v.float() if isinstance(v, Tensor) and v.dtype == torch.float16 else v)
-            for k, v in item.items()
-        }
+        sample = dict(self.items[index])
         for key in ("boxes", "labels"):
             if sample.get(key) is not None:
                 sample[key] = sample[key].clone()
-        return self.transform(sample) if self.transform is not None else sample
+        # crop and flip first, in float16 (they only move pixels): only the crop is
+        # converted to float32, not the whole cached image
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return {
+            k: (v.float() if isinstance(v, Tensor) and v.dtype == torch.float16 else v)
+            for k, v in sample.items()
+        }
 
 
 @torch.no_grad()

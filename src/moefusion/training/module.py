@@ -64,6 +64,18 @@ class RunModule(L.LightningModule):
         # Gate noise draws from the global RNG: seed it per step so resume is exact.
         torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
 
+    def on_train_start(self) -> None:
+        # Epoch-step schedules (joint runs, the detector stage): a resumed run follows
+        # the *config's* schedule (the checkpoint stores the old rate and milestones),
+        # so a run can be extended or its rate changed.
+        optim = self.run_config["optim"]
+        for scheduler_config in self.trainer.lr_scheduler_configs:
+            scheduler = scheduler_config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR):
+                apply_milestones(
+                    scheduler, optim["milestones"], float(optim["gamma"]), float(optim["lr"])
+                )
+
     def log_gate_usage(self, gates: Mapping[str, torch.Tensor], batch_size: int) -> None:
         """Fraction of the batch's samples routed to each expert: shows which experts fire."""
         for key, weights in gates.items():
@@ -116,17 +128,6 @@ class MoEFusionModule(RunModule):
             self.log(f"det/{key}", value, batch_size=bsz)
         self.log_gate_usage(out.gates, bsz)
         return total
-
-    def on_train_start(self) -> None:
-        # A resumed run follows the *config's* schedule (the checkpoint stores the old
-        # rate and milestones), so a run can be extended or its rate changed.
-        optim = self.run_config["optim"]
-        for scheduler_config in self.trainer.lr_scheduler_configs:
-            scheduler = scheduler_config.scheduler
-            if isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR):
-                apply_milestones(
-                    scheduler, optim["milestones"], float(optim["gamma"]), float(optim["lr"])
-                )
 
     def configure_optimizers(self) -> Any:
         return adam_with_epoch_steps(self.parameters(), self.run_config["optim"])
