@@ -145,3 +145,23 @@ def test_resumed_run_follows_the_config_schedule_not_the_checkpoints(tmp_path: P
     assert sorted(state["lr_schedulers"][0]["milestones"]) == [3]
     last = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(2e-5)
+
+
+def test_checkpoints_are_written_whole_or_not_at_all(tmp_path, monkeypatch) -> None:
+    from moefusion.training.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
+    assert torch.load(target, weights_only=False)["step"] == 1
+
+    def dies_half_way(obj, fh, *args, **kwargs):  # killed while the bytes are written
+        fh.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=False)["step"] == 1  # the previous one, intact
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]

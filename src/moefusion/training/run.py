@@ -40,6 +40,7 @@ from moefusion.config import save_config
 from moefusion.errors import ConfigError, MoEFusionError
 from moefusion.models import MoEFusion, MoEFusionConfig
 from moefusion.training.cache import CachedPairs, build_cache
+from moefusion.training.checkpoint_io import AtomicCheckpointIO
 from moefusion.training.data import (
     SetupLoader,
     build_random_transform,
@@ -250,6 +251,7 @@ def _run_trainer(
             *callbacks,
             *_trace(trace or str(cfg["stage"])),
         ],
+        plugins=[AtomicCheckpointIO()],
         gradient_clip_val=float(cfg["optim"].get("grad_clip", 35.0)),
         gradient_clip_algorithm="norm",
         enable_progress_bar=progress,
