@@ -301,13 +301,48 @@ def test_cli_end_to_end_then_reuse_detector(tmp_path: Path, monkeypatch, capsys)
     assert not (out2 / "detector.safetensors").exists()
 
     capsys.readouterr()
-    rc = main([*args, "--detector", det, "--out", str(out2), "--classes", "person,car,bicycle"])
+    rc = main([*args, "--detector", det, "--out", str(out2), "--no-progress", "threads=1"])
+    assert rc == 2  # out2 holds the tables of the run above
+    assert "already exist" in capsys.readouterr().err
+    out2_args = ["--out", str(out2), "--overwrite"]
+    rc = main([*args, "--detector", det, *out2_args, "--classes", "person,car,bicycle"])
     assert rc == 2
     assert "trained for classes car,person,bicycle" in capsys.readouterr().err
     # the detector remembers its training pairs: testing on them is refused
-    rc = main(["detect-eval", "--test", str(train), "--detector", det, "--out", str(out2)])
+    rc = main(["detect-eval", "--test", str(train), "--detector", det, *out2_args])
     assert rc == 2
     assert "trained on 4 of the test pairs" in capsys.readouterr().err
+
+
+def test_cli_refuses_outputs_it_must_not_write(tmp_path: Path, capsys) -> None:
+    from moefusion.weights import bundled_weights_path
+
+    train, test, fused = _tiny_setup(tmp_path)
+    base = ["detect-eval", "--train", str(train), "--test", str(test), "--no-progress", *TINY]
+    assert main([*base, "--out", str(test / "eval")]) == 2
+    assert "is inside input folder" in capsys.readouterr().err
+    assert main([*base, "--fused", f"m={fused}", "--out", str(fused)]) == 2
+    assert "input folder" in capsys.readouterr().err
+    out = tmp_path / "earlier"
+    out.mkdir()
+    (out / "table.md").write_text("an earlier run's table")
+    assert main([*base, "--out", str(out)]) == 2
+    assert "already exist" in capsys.readouterr().err
+    assert (out / "table.md").read_text() == "an earlier run's table"
+    fusion = bundled_weights_path()
+    if fusion is not None:
+        rc = main(
+            [
+                "detect-eval",
+                "--test",
+                str(test),
+                "--detector",
+                str(fusion),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        assert rc == 2 and "fusion weights" in capsys.readouterr().err
 
 
 def test_cli_refuses_overlap_and_missing_fused(tmp_path: Path, capsys) -> None:

@@ -95,6 +95,11 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         default=Path("detect-eval"),
         help="output folder (default ./detect-eval)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the tables (and the detector, when training) of an earlier run in --out",
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (default from config)")
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
     p.add_argument(
@@ -104,6 +109,29 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         help="dotted config overrides, e.g. train.epochs=4 data.image_size=384",
     )
     return p
+
+
+#: What a run writes into --out (the detector only when it trains one).
+TABLE_FILES = ("table.md", "table.csv", "table.json")
+DETECTOR_FILES = ("detector.safetensors", "detector.json")
+
+
+def check_outputs(args: argparse.Namespace, fused: dict[str, Path]) -> None:
+    """Before any work: --out is a folder outside every input folder, and the files this
+    run would write do not exist yet (unless --overwrite)."""
+    from moefusion.commands._common import (
+        check_out_folder,
+        check_output_outside,
+        check_targets,
+        check_writable_outputs,
+    )
+
+    check_out_folder(args.out)
+    inputs = [*args.train, *args.test, *fused.values()]
+    check_output_outside(args.out, [d for d in inputs if d.is_dir()])
+    names = TABLE_FILES + (DETECTOR_FILES if args.detector is None else ())
+    check_targets([args.out / n for n in names], [], overwrite=args.overwrite)
+    check_writable_outputs(args.out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     config = DetectConfig.from_dict(raw)
     fused = parse_named_dirs(args.fused, "--fused")
     split = resolve_split(args.split)
+    check_outputs(args, fused)
 
     start = time.perf_counter()
     table = run_detection_eval(

@@ -18,6 +18,7 @@ from torch import Tensor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from moefusion.atomic import atomic_path, atomic_write_text
 from moefusion.detection.config import DetectConfig, ModelConfig, check_classes
 from moefusion.errors import ConfigError, MoEFusionError
 from moefusion.models.detector_parts import build_roi_heads, build_rpn, resnet_fpn_backbone
@@ -90,13 +91,25 @@ def save_detector(
     from safetensors.torch import save_file
 
     weights, sidecar = detector_files(path)
-    weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(weights), metadata={"format": DETECTOR_FORMAT})
     resolved = DetectConfig.coerce(config).to_dict()
     info = {"format": DETECTOR_FORMAT, "config": resolved, **dict(meta)}
-    sidecar.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    # each file whole or not at all; the sidecar last, so a detector with a sidecar is whole
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": DETECTOR_FORMAT})
+    atomic_write_text(sidecar, json.dumps(info, indent=2) + "\n")
     return weights, sidecar
+
+
+def _is_fusion_weights(path: Path) -> bool:
+    """Whether ``path`` is a moefusion fusion-weights file (``save_weights`` metadata)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return str((f.metadata() or {}).get("format", "")).startswith("moefusion-inference")
+    except (SafetensorError, OSError):
+        return False
 
 
 def read_detector_info(path: str | Path) -> dict[str, Any]:
@@ -105,6 +118,11 @@ def read_detector_info(path: str | Path) -> dict[str, Any]:
     ``info["config"]`` is returned as saved; :func:`detector_config` parses it.
     """
     weights, sidecar = detector_files(path)
+    if weights.is_file() and not sidecar.is_file() and _is_fusion_weights(weights):
+        raise MoEFusionError(
+            f"{weights} holds MoE-Fusion fusion weights (for fuse/--weights), not a detector; "
+            "--detector takes the detector.safetensors that detect-eval saved in its --out"
+        )
     for p in (weights, sidecar):
         if not p.is_file():
             raise MoEFusionError(f"detector file not found: {p} (need both .safetensors and .json)")

@@ -84,12 +84,13 @@ class DetectionTable:
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``table.md``, ``table.csv`` and ``table.json`` into ``out_dir``."""
+        from moefusion.atomic import atomic_write_text
+
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         paths = {"md": out / "table.md", "csv": out / "table.csv", "json": out / "table.json"}
-        paths["md"].write_text(self.to_markdown(), encoding="utf-8")
-        paths["csv"].write_text(self.to_csv(), encoding="utf-8")
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(paths["md"], self.to_markdown())
+        atomic_write_text(paths["csv"], self.to_csv())
+        atomic_write_text(paths["json"], json.dumps(self.to_dict(), indent=2) + "\n")
         return paths
 
 
