@@ -510,6 +510,33 @@ def test_evaluate_marks_undefined_values(
     assert code == 0 and _temp_files(out) == []
 
 
+def test_evaluate_goes_on_past_an_unreadable_fused_image(
+    tmp_path: Path, small_samples: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in"
+    stems = _good_folders(src, small_samples, 3)
+    good, other = tmp_path / "good", tmp_path / "other"
+    for folder in (good, other):
+        folder.mkdir()
+        for stem in stems:
+            Image.open(src / "ir" / f"{stem}.png").save(folder / f"{stem}.png")
+    (other / f"{stems[1]}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--ir", str(src / "ir"), "--vi", str(src / "vi"), "--fused",
+            f"a={good}", "--fused", f"b={other}", "--out", str(out), "--no-progress"]  # fmt: skip
+    code, _, err = _cli(argv, capsys)
+    assert code == 1
+    failed = [ln for ln in err.splitlines() if "failed" in ln]
+    assert len(failed) == 1 and stems[1] in failed[0] and "cannot read image" in failed[0]
+    with (out / "per_image_paper.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    # both methods keep the same two stems, so their means stay comparable
+    assert sorted((r["method"], r["stem"]) for r in rows) == sorted(
+        (m, s) for m in "ab" for s in (stems[0], stems[2])
+    )
+    assert "Traceback" not in err
+
+
 # -------------------------------------------------------------------------------- fuse
 
 

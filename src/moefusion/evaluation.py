@@ -127,6 +127,9 @@ class EvaluationResults:
     #: per method, the fused images whose stem is in neither source folder (not pairs,
     #: e.g. a figure saved into the fused folder): skipped.
     skipped_fused: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: stems left out because one of their images could not be read (``skip_unreadable``),
+    #: with the reason
+    failed: dict[str, str] = field(default_factory=dict)
 
     def rows(self, convention: str) -> list[dict[str, str | float]]:
         """One row per (method, stem): {'method', 'stem', metric: value, ...}."""
@@ -191,6 +194,7 @@ def evaluate_folders(
     conventions: Sequence[str] | str = ("paper",),
     resize: str | tuple[int, int] | None = None,
     progress: bool = True,
+    skip_unreadable: bool = False,
 ) -> EvaluationResults:
     """Compute every metric of each convention for each fused folder.
 
@@ -202,10 +206,15 @@ def evaluate_folders(
             :func:`parse_resize`. Resizing happens on the image as read, before gray
             conversion (as the MoE-Fusion data path resizes before BGR2GRAY).
         progress: show a tqdm progress bar.
+        skip_unreadable: a stem with an unreadable image (source or any method's fused
+            image) is left out for every method, its reason kept in
+            :attr:`EvaluationResults.failed`, instead of raising; so one bad file does
+            not stop the evaluation of the others, and all methods keep the same stems.
 
     Raises:
         PairError: missing partners, or sizes differ and ``resize`` is None.
-        ImageReadError: unreadable files or folders.
+        ImageReadError: unreadable folders, or files (without ``skip_unreadable``; with
+            it, when no stem is readable at all).
     """
     if not fused:
         raise MoEFusionError("no fused folder given")
@@ -221,16 +230,25 @@ def evaluate_folders(
         c: {m: {} for m in methods} for c in convs
     }
     bar = tqdm(total=len(stems) * len(methods), desc="evaluate", unit="img", disable=not progress)
+    failed: dict[str, str] = {}
     with bar:
         for stem in stems:
-            a, b = read_u8(ir[stem]), read_u8(vi[stem])
+            try:
+                a, b = read_u8(ir[stem]), read_u8(vi[stem])
+                fused_images = {m: read_u8(fused_files[m][stem]) for m in methods}
+            except ImageReadError as exc:
+                if not skip_unreadable:
+                    raise
+                failed[stem] = str(exc)
+                bar.update(len(methods))
+                continue
             if _size(a) != _size(b) and not isinstance(resize, tuple):
                 raise PairError(
                     f"{stem}: ir is {_size(a)[0]}x{_size(a)[1]} but vi is "
                     f"{_size(b)[0]}x{_size(b)[1]} (use --resize WxH)"
                 )
             for method in methods:
-                f = read_u8(fused_files[method][stem])
+                f = fused_images[method]
                 a2, b2, f2 = _match_sizes(a, b, f, resize, stem, method)
                 for c in convs:
                     try:
@@ -240,7 +258,12 @@ def evaluate_folders(
                     except MetricInputError as exc:
                         raise MetricInputError(f"{stem} (fused '{method}'): {exc}") from exc
                 bar.update(1)
-    return EvaluationResults(convs, methods, stems, values, resize, skipped, not_pairs)
+    if failed and len(failed) == len(stems):
+        raise ImageReadError(
+            f"no pair could be read ({len(failed)} tried); first: {next(iter(failed.values()))}"
+        )
+    kept = tuple(s for s in stems if s not in failed)
+    return EvaluationResults(convs, methods, kept, values, resize, skipped, not_pairs, failed)
 
 
 def _match_sizes(

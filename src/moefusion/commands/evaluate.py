@@ -101,8 +101,16 @@ def run(args: argparse.Namespace) -> int:
     check_targets(output_files(args.out, conventions), (), overwrite=args.overwrite)
     check_writable_outputs(args.out)
     results = evaluate_folders(
-        args.ir, args.vi, fused, conventions, resize=resize, progress=not args.no_progress
+        args.ir,
+        args.vi,
+        fused,
+        conventions,
+        resize=resize,
+        progress=not args.no_progress,
+        skip_unreadable=True,
     )
+    for stem, reason in results.failed.items():
+        print(f"moefusion evaluate: failed {stem}: {reason}", file=sys.stderr)
     summaries = summarise(results)
     _warn_undefined(results)
     written = write_tables(results, summaries, args.out)
@@ -119,4 +127,11 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(markdown_table(s))
     print(f"wrote {len(written)} files to {args.out}")
+    if results.failed:
+        print(
+            f"moefusion evaluate: {len(results.failed)} pair(s) could not be read and are "
+            f"not in the tables: {listing(results.failed)}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
