@@ -247,3 +247,14 @@ def test_colorize_u8_matches_save_rounding() -> None:
     vi_rgb = rng.random((50, 9, 3), dtype=np.float32)
     want = np.clip(np.floor(colorize(fused, vi_rgb).astype(np.float64) * 255 + 0.5), 0, 255)
     np.testing.assert_array_equal(colorize_u8(fused, vi_rgb, rows=7), want.astype(np.uint8))
+
+
+def test_image_size_of_a_truncated_png_fails_cleanly(tmp_path, capfd) -> None:
+    from moefusion.data.io import image_size
+
+    sample = Path(__file__).resolve().parents[1] / "samples" / "ir" / "00012N.png"
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(sample.read_bytes()[:3000])  # header intact, pixel data cut off
+    with pytest.raises(ImageReadError, match="cannot read image"):
+        image_size(cut)
+    assert capfd.readouterr().err == ""  # no decoder chatter of its own on stderr

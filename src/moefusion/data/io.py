@@ -209,12 +209,18 @@ def image_size(path: str | Path) -> tuple[int, int]:
     p = Path(path)
     if not p.is_file():
         raise ImageReadError(f"image file not found: {p}" if not p.exists() else f"not a file: {p}")
+    fmt: str | None = None
     try:
         with Image.open(p) as im:
+            fmt = im.format
             width, height = im.size
             orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
     except _PIL_ERRORS as exc:
-        # Rare formats only OpenCV decodes: pay for a full decode rather than fail.
+        # Rare formats only OpenCV decodes: pay for a full decode rather than fail. As in
+        # read_image, not for damaged files PIL knows (a truncated PNG): OpenCV would
+        # only decode part of it, with a stray warning of its own on stderr.
+        if not (isinstance(exc, UnidentifiedImageError) or fmt == "TIFF"):
+            raise ImageReadError(f"cannot read image {p}: {exc}") from exc
         try:
             arr = _read_with_opencv(p)
         except ImageReadError:
