@@ -165,3 +165,27 @@ def test_checkpoints_are_written_whole_or_not_at_all(tmp_path, monkeypatch) -> N
     monkeypatch.undo()
     assert torch.load(target, weights_only=False)["step"] == 1  # the previous one, intact
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_memory_estimate_scales_with_the_batch_and_refuses_what_cannot_fit(tmp_path) -> None:
+    from moefusion.cli import main
+    from moefusion.errors import MoEFusionError
+    from moefusion.training.memory import check_training_memory
+
+    base = load_run_config("cpu")
+    est = {e.stage: e for e in check_training_memory(base, None)}
+    assert set(est) == {"detect", "fusion"}  # the empty joint stage is not checked
+    assert est["fusion"].pixels == 4 * 128 * 128 and est["detect"].pixels == 4 * 256 * 256
+    # measured on this config: 240 MB (fusion, 128 px x 4) and 621 MB (detectors, 256 x 4)
+    assert 200e6 < est["fusion"].total < 400e6 and 550e6 < est["detect"].total < 1000e6
+    bigger = load_run_config("cpu", ["stages.fusion.data.batch_size=8"])
+    doubled = {e.stage: e for e in check_training_memory(bigger, None)}["fusion"]
+    assert doubled.activations == 2 * est["fusion"].activations
+    fusion_only = load_run_config("cpu", ["stages.detect.trainer.max_epochs=0"])
+    with pytest.raises(MoEFusionError, match=r"stages\.fusion\.data\.crop or stages\.fusion"):
+        check_training_memory(fusion_only, est["fusion"].total - 1)
+    check_training_memory(base, est["detect"].total)  # fits exactly: no error
+
+    out = tmp_path / "run"
+    code = main(["train", "--config", "cpu", "--out", str(out), "stages.fusion.data.crop=4096"])
+    assert code == 2 and not out.exists()

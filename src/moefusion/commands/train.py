@@ -75,6 +75,11 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         help="train into an existing run folder without --resume, replacing its config, "
         "checkpoints and weights",
     )
+    p.add_argument(
+        "--skip-memory-check",
+        action="store_true",
+        help="train even when the estimated memory of a step exceeds what is available",
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (default from config)")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     return p
@@ -127,6 +132,26 @@ def check_data(config: dict[str, Any]) -> None:
         build_train_dataset(config["data"])
 
 
+def check_memory(config: dict[str, Any]) -> None:
+    """Refuse a crop / batch size whose step cannot fit in this machine's memory (CPU
+    training: every process of ``trainer.devices`` needs its own share)."""
+    import torch
+
+    from moefusion.tiling import available_memory
+    from moefusion.training.memory import check_training_memory
+
+    trainer = config.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator") or "auto")
+    if accelerator not in ("cpu", "auto") or (accelerator == "auto" and torch.cuda.is_available()):
+        return  # GPU memory is checked by the GPU itself, at the first step
+    available = available_memory("cpu")
+    devices = trainer.get("devices")
+    processes = int(devices) if isinstance(devices, int) or str(devices).isdigit() else 1
+    if available is not None:
+        available //= max(1, processes)
+    check_training_memory(config, available)
+
+
 def run(args: argparse.Namespace) -> int:
     from moefusion.training.run import train
 
@@ -150,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_writable(out, "run folder")
     check_data(config)
+    if not args.skip_memory_check:
+        check_memory(config)
     run_dir = train(config, out, resume=args.resume, progress=not args.no_progress)
     print(f"run folder: {run_dir}")
     print(f"fusion weights: {run_dir / 'moefusion.safetensors'}")
