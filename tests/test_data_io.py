@@ -258,3 +258,24 @@ def test_image_size_of_a_truncated_png_fails_cleanly(tmp_path, capfd) -> None:
     with pytest.raises(ImageReadError, match="cannot read image"):
         image_size(cut)
     assert capfd.readouterr().err == ""  # no decoder chatter of its own on stderr
+
+
+def test_pair_figure_is_replaced_only_by_a_whole_new_one(tmp_path, monkeypatch) -> None:
+    from matplotlib.figure import Figure
+
+    from moefusion.figures import FigureRow, save_pair_figure
+
+    img = np.linspace(0, 1, 24 * 32, dtype=np.float32).reshape(24, 32)
+    rows = [FigureRow("a", img, img, img, None)]
+    path = save_pair_figure(rows, tmp_path / "fig.png")
+    before = path.read_bytes()
+    assert before[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def dies_writing(self, fname, *args, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", dies_writing)
+    with pytest.raises(KeyboardInterrupt):
+        save_pair_figure(rows, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["fig.png"]

@@ -91,6 +91,9 @@ def save_pair_figure(
     The format follows the file extension (png, pdf, svg, jpg...). Each panel keeps its
     image's aspect ratio; rows may come from images of different sizes.
 
+    Written to a temporary file beside ``path`` and renamed when complete: an existing
+    figure is replaced only by a whole new one.
+
     Returns:
         the path written.
 
@@ -126,10 +129,14 @@ def save_pair_figure(
             else:
                 ax.imshow(image, interpolation="nearest")
     fig.tight_layout(pad=0.3)
+    from moefusion.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(path, dpi=dpi)
+        # a temporary name with the same extension (savefig picks the format from it),
+        # renamed onto ``path`` when complete
+        with atomic_path(path, keep_suffix=True) as tmp:
+            fig.savefig(tmp, dpi=dpi)
     except (OSError, ValueError) as exc:
         raise MoEFusionError(f"cannot save figure {path}: {exc}") from exc
     return path
