@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "detect-eval": ("detect_eval", "detection evaluation of fused images (paper Table 3)"),
     "export": ("export", "export the fusion network to ONNX or TorchScript"),
+    "demo": ("demo", "a local web page: fuse a pair, see the experts that fired and the attention"),
 }
 
 
