@@ -60,3 +60,14 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp("tiny-weights") / "tiny.safetensors"
     return save_weights(_make_tiny_model(), path)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``browser`` (a real Chromium, minutes of set-up) run only when the
+    marker expression asks for them: ``python -m pytest -m browser ...``."""
+    if "browser" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="browser test: run it with -m browser (see docs/demo.md)")
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(skip)

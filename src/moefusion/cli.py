@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "export the fusion network to ONNX or TorchScript"),
     "inspect": ("inspect", "figures of one pair: attention, every expert's output, the gates"),
     "study": ("study", "run a study of the paper (ablation, experts, alpha) on your data"),
+    "demo": ("demo", "a local web page: fuse a pair, see the experts that fired and the attention"),
 }
 
 
