@@ -227,7 +227,8 @@ def gate_bars(gates: Mapping[str, np.ndarray], *, dpi: int = 100) -> np.ndarray:
         for i, v in enumerate(w):
             if v > 0:
                 ax.text(i, v + 0.02, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(x, [f"E{i}" for i in x], fontsize=8)
+        # 1-based, as the paper, the report and `moefusion inspect` number experts
+        ax.set_xticks(x, [f"E{i + 1}" for i in x], fontsize=8)
         ax.set_ylim(0.0, 1.1)
         ax.set_yticks([0.0, 0.5, 1.0])
         ax.tick_params(axis="y", labelsize=8)
@@ -352,7 +353,7 @@ class DemoResult:
         h, w = self.pair.pair.ir.shape
         tiles = f" in {self.fusion.tiles} tiles" if self.fusion.tiles > 1 else ""
         fired = "; ".join(
-            f"{GATE_TITLES.get(k, k)} E{', E'.join(str(i) for i in sorted(fired_experts(v)))}"
+            f"{GATE_TITLES.get(k, k)} E{', E'.join(str(i + 1) for i in sorted(fired_experts(v)))}"
             for k, v in self.fusion.gates.items()
         )
         return (
