@@ -225,3 +225,27 @@ def test_routing_permutation_test_separates_different_from_equal_routing() -> No
     assert selections(day).sum(axis=1).tolist() == [2.0] * 10
     with pytest.raises(ValueError, match="two groups"):
         permutation_test(day, ["D"] * 10)
+
+
+@needs_shared
+def test_user_data_gets_an_auto_split_carved_once(tmp_path: Path) -> None:
+    weights = bundled_weights_path()
+    assert weights is not None
+    settings = StudySettings(
+        weights=weights, budget=Budget(minutes=2), data=(SHARED / "msrs",), split="auto"
+    )
+    config, overrides, _ = resolve_run(settings, STUDIES["alpha"].variant("alpha 5"), 0, tmp_path)
+    split = json.loads((tmp_path / "split.json").read_text())["datasets"]["msrs"]
+    stems = sorted(p.stem for p in (SHARED / "msrs" / "ir").iterdir())
+    assert sorted(split["train"] + split["val"] + split["test"]) == stems
+    assert len(split["test"]) == -(-len(stems) // 5)  # ceil(20 %)
+    assert config["data"]["datasets"] == [{"root": str((SHARED / "msrs").resolve())}]
+    assert config["data"]["split"] == str((tmp_path / "split.json").resolve())
+    assert config["optim"]["alpha"] == 5.0
+    fusion = config["stages"]["fusion"]
+    assert fusion["trainer"]["max_time"] == {"minutes": 2}
+    assert fusion["optim"]["schedule"] == "constant"
+    # the split is kept: a resumed study evaluates on the same held-out pairs
+    before = (tmp_path / "split.json").read_text()
+    resolve_run(settings, STUDIES["alpha"].variant("alpha 1"), 0, tmp_path)
+    assert (tmp_path / "split.json").read_text() == before

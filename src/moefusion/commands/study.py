@@ -107,11 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise MoEFusionError(f"--out {args.out} exists and is not a folder")
     study = STUDIES[args.name]
-    budget = (
-        Budget(steps=None, minutes=args.budget_minutes)
-        if args.budget_minutes is not None
-        else Budget(steps=args.steps if args.steps is not None else 1000)
-    )
+    budget = Budget(steps=args.steps, minutes=args.budget_minutes)
     settings = StudySettings(
         config=args.config,
         weights=resolve_weights(args.weights),

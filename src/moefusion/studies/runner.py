@@ -41,6 +41,8 @@ CONVENTION = "paper"
 #: Fraction of each dataset held out by ``split="auto"``, and of the rest kept for validation.
 AUTO_TEST_FRACTION = 0.2
 AUTO_VAL_FRACTION = 0.15
+#: Fusion-stage steps per run when no budget is given.
+DEFAULT_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,14 @@ class Budget:
     on a busy machine get fewer steps.
     """
 
-    steps: int | None = 1000
+    steps: int | None = None
     minutes: float | None = None
 
     def __post_init__(self) -> None:
-        if (self.steps is None) == (self.minutes is None):
-            raise ConfigError("give a study budget in steps or in minutes (exactly one)")
+        if self.steps is not None and self.minutes is not None:
+            raise ConfigError("give a study budget in steps or in minutes, not both")
+        if self.steps is None and self.minutes is None:
+            object.__setattr__(self, "steps", DEFAULT_STEPS)
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {self.steps}")
         if self.minutes is not None and not self.minutes > 0:
