@@ -90,7 +90,7 @@ class Verdict:
         if self.agrees is None:
             return f"{c.better} vs {c.worse}: not run."
         tie = f" ({self.ties} tied within the seed spread)" if self.ties else ""
-        said = f"the paper says {paper}" + (f" ({c.source})" if c.source else "")
+        said = f"the paper says {paper}" + (f" in {c.source}" if c.source else "")
         verdict = "agrees" if self.agrees else "does not agree"
         return f"{c.better} beats {c.worse} on {self.wins} of 8 metrics{tie}; {said}: {verdict}."
 
