@@ -191,6 +191,9 @@ def save_figure(study: Study, scores: Mapping[str, Score], path: Path) -> Path |
         else:
             xs = [study.variant(n).x for n in names]
             ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3)
+            if study.reference in names:
+                i = names.index(study.reference)
+                ax.plot([xs[i]], [means[i]], "o", color="tab:red", zorder=3)
             ax.set_xscale("log")
             ax.set_xticks(xs, [f"{x:g}" for x in xs])
             ax.set_xlabel(study.x_label, fontsize=8)
