@@ -20,7 +20,7 @@ contrast; the logarithm keeps a few very strong edges from outweighing the rest.
 
 * ``ecc`` (small misalignments, a few pixels or degrees): OpenCV's ECC maximisation
   (``cv2.findTransformECC``, Evangelidis & Psarakis 2008) on the gradient maps,
-  coarse to fine over a pyramid (2-3 levels, the coarsest at least ~100 px): at the
+  coarse to fine over a pyramid (1-3 levels, the coarsest at least ~100 px): at the
   coarsest level translation, then rotation + translation, then the chosen model;
   the finer levels refine the chosen model. The confidence is the final ECC
   correlation coefficient of the two gradient maps.
@@ -289,7 +289,9 @@ def corner_error(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:
     return float(np.sqrt(((pa - pb) ** 2).sum(0)).max())
 
 
-def _check_plausible(matrix: np.ndarray, ir_shape: tuple[int, ...], vi_shape: tuple[int, ...]):
+def _check_plausible(
+    matrix: np.ndarray, ir_shape: tuple[int, ...], vi_shape: tuple[int, ...]
+) -> None:
     h, w = ir_shape[:2]
     start = identity(ir_shape, vi_shape).matrix
     det = float(np.linalg.det(matrix[:2, :2] @ np.linalg.inv(start[:2, :2])))

@@ -308,7 +308,9 @@ class FrameMatch:
             self.ir.close()
             self.vi.close()
 
-    def _by_time(self, ir_frames: Iterator[Frame], vi_frames: Iterator[Frame]):
+    def _by_time(
+        self, ir_frames: Iterator[Frame], vi_frames: Iterator[Frame]
+    ) -> Iterator[tuple[Frame, Frame]]:
         period = 1.0 / self.vi.fps if self.vi.fps else 0.0
         cur = next(vi_frames, None)
         nxt = next(vi_frames, None)

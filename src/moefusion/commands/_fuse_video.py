@@ -102,7 +102,9 @@ def _stem(path: Path) -> str:
     return path.name if path.is_dir() else path.stem
 
 
-def _output_size(ir_size: tuple[int, int], vi_size: tuple[int, int], resize: PairResize):
+def _output_size(
+    ir_size: tuple[int, int], vi_size: tuple[int, int], resize: PairResize
+) -> tuple[int, int]:
     if resize == "vi":
         return vi_size
     if isinstance(resize, tuple):
