@@ -36,6 +36,13 @@ from moefusion.registration import (
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 STEMS = ("00012N.png", "00095D.png", "FLIR_00006.jpg", "FLIR_05016.jpg", "010006.jpg")
+#: ``--source tno``: frames of the two TNO sequences (360x270, little structure)
+TNO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tno_extra"
+TNO_STEMS = tuple(
+    f"{s}.bmp"
+    for s in ("seq_duine_7400", "seq_duine_7406", "seq_duine_7412", "seq_tree_4900",
+              "seq_tree_4906", "seq_tree_4912")
+)  # fmt: skip
 
 #: name -> (shift, degrees, scale)
 SETS: dict[str, list[tuple[str, tuple[float, float], float, float]]] = {
@@ -58,9 +65,9 @@ SETS: dict[str, list[tuple[str, tuple[float, float], float, float]]] = {
 FAIL_PX = 10.0
 
 
-def load(stem: str) -> tuple[np.ndarray, np.ndarray]:
-    ir = np.asarray(Image.open(SAMPLES / "ir" / stem).convert("L"))
-    vi = np.asarray(Image.open(SAMPLES / "vi" / stem).convert("L"))
+def load(stem: str, root: Path = SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    ir = np.asarray(Image.open(root / "ir" / stem).convert("L"))
+    vi = np.asarray(Image.open(root / "vi" / stem).convert("L"))
     if ir.shape[1] > 700:  # LLVIP 1280x1024: the benchmark's time budget
         ir = cv2.resize(ir, (640, 512), interpolation=cv2.INTER_AREA)
         vi = cv2.resize(vi, (640, 512), interpolation=cv2.INTER_AREA)
@@ -72,10 +79,19 @@ def main() -> None:
     ap.add_argument("--methods", default="ecc,features")
     ap.add_argument("--model", default="affine")
     ap.add_argument("--set", default="small,large", help="comma-separated: small, large")
+    ap.add_argument(
+        "--source",
+        choices=("samples", "tno"),
+        default="samples",
+        help="the five sample pairs, or six frames of the TNO sequences in ../shared/data",
+    )
     args = ap.parse_args()
     methods = args.methods.split(",")
     sets = args.set.split(",")
-    pairs = {s: load(s) for s in STEMS}
+    if args.source == "tno":
+        pairs = {s: load(s, TNO) for s in TNO_STEMS}
+    else:
+        pairs = {s: load(s) for s in STEMS}
 
     print(f"machine: {platform.processor() or platform.machine()}, OpenCV {cv2.__version__}\n")
     for name in sets:
@@ -133,6 +149,8 @@ def main() -> None:
             )
         print()
 
+    if args.source == "tno":
+        return  # consecutive sequence frames show the same scene: no unrelated pairs
     # the refusal threshold: correlation of pairs that do not show the same scene
     ccs = []
     stems = list(pairs)

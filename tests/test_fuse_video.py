@@ -377,3 +377,13 @@ def test_smoothing_reduces_expert_switches_on_a_real_sequence() -> None:
     before = plain.summary()["switches_per_100"]
     after = smooth.summary()["switches_per_100"]
     assert before > 0 and after < before
+
+
+def test_option_choices_match_the_modules() -> None:
+    """The parser's choices live in a light module (no OpenCV at start-up): same values."""
+    from moefusion.commands._fuse_options import ALIGN_MODELS, VIDEO_FORMAT_NAMES
+    from moefusion.registration import MODELS
+    from moefusion.video import VIDEO_FORMATS
+
+    assert ALIGN_MODELS == MODELS
+    assert tuple(VIDEO_FORMATS) == VIDEO_FORMAT_NAMES

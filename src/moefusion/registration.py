@@ -38,7 +38,7 @@ so on one line.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -100,6 +100,7 @@ class Registration:
         inliers: RANSAC inliers among them (``features`` only).
         source: how the winning estimate started (``"identity"``, ``"features"``,
             ``"previous"``).
+        shape: ``(H, W)`` of the infrared frame (for :meth:`parameters`), if known.
     """
 
     matrix: np.ndarray
@@ -109,6 +110,7 @@ class Registration:
     matches: int | None = None
     inliers: int | None = None
     source: str = "identity"
+    shape: tuple[int, int] | None = None
 
     @property
     def inlier_ratio(self) -> float | None:
@@ -118,11 +120,19 @@ class Registration:
         return self.inliers / self.matches
 
     def parameters(self) -> tuple[float, float, float, float]:
-        """``(dx, dy, rotation in degrees, scale)`` of the affine part, for reports."""
+        """``(dx, dy, degrees, scale)`` of the affine part, as
+        :func:`simulate_misalignment` takes them: where the centre of the infrared frame
+        lies in the visible one, minus the centre (the origin when :attr:`shape` is
+        unknown); the rotation of the visible content, counter-clockwise on screen
+        positive (``cv2.getRotationMatrix2D``'s sign); the scale."""
         a = self.matrix
+        h, w = self.shape if self.shape is not None else (1, 1)
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        p = a @ np.array([cx, cy, 1.0])
+        dx, dy = p[0] / p[2] - cx, p[1] / p[2] - cy
         scale = math.sqrt(abs(a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]))
-        rotation = math.degrees(math.atan2(a[1, 0] - a[0, 1], a[0, 0] + a[1, 1]))
-        return float(a[0, 2]), float(a[1, 2]), rotation, scale
+        rotation = math.degrees(math.atan2(a[0, 1] - a[1, 0], a[0, 0] + a[1, 1]))
+        return float(dx), float(dy), rotation, scale
 
     def describe(self) -> str:
         """One line: the method, the transform and the confidence."""
@@ -337,7 +347,7 @@ def estimate_transform(
         raise MoEFusionError(f"unknown registration model {model!r}; use {', '.join(MODELS)}")
     ir_shape, vi_shape = np.shape(ir), np.shape(vi)
     if method == "none":
-        return identity(ir_shape, vi_shape)
+        return replace(identity(ir_shape, vi_shape), shape=(int(ir_shape[0]), int(ir_shape[1])))
     levels = min(_levels(ir_shape), _levels(vi_shape))
     ir_pyr, vi_pyr = _pyramid(ir, levels), _pyramid(vi, levels)
 
@@ -365,6 +375,7 @@ def estimate_transform(
         if best is None or cc > best.confidence:
             best = Registration(
                 matrix=matrix,
+                shape=(int(ir_shape[0]), int(ir_shape[1])),
                 method=method,
                 model=model,
                 confidence=cc,
