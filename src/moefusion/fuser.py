@@ -341,6 +341,15 @@ class Fuser:
             prepared, tile=tile, overlap=overlap, batch_size=batch_size, details=details
         )
 
+    def temporal_smoothing(self, factor: float) -> Any:
+        """A context manager: inside its ``with`` block, every gate's logits are an
+        exponential moving average over successive frames (one row of one call = one
+        frame; factor 0: no smoothing). It yields the
+        :class:`moefusion.temporal.GateSmoother` (``reset()`` at a cut)."""
+        from moefusion.temporal import GateSmoother
+
+        return GateSmoother(factor).attached(self.model)
+
     def untiled_memory(self, height: int, width: int, batch: int = 1) -> tuple[int, int | None]:
         """``(bytes an untiled pass of batch x height x width needs, bytes available on the
         device or None if unknown)``; see :func:`~moefusion.tiling.estimate_fuse_bytes`."""

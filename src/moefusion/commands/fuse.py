@@ -71,8 +71,9 @@ def add_parser(
             "Fuse infrared/visible pairs with MoE-Fusion. --ir/--vi are two image files or "
             "two folders whose images are paired by file stem. Writes <out>/<stem>.png "
             "(8-bit gray) and with --color <out>/color/<stem>.png (the visible image's "
-            "colour with the fused luminance). Exit code 0 when every pair was fused, 1 "
-            "when some failed, 2 for usage errors."
+            "colour with the fused luminance). Two video files (or two folders of numbered "
+            "frames with --sequence) are fused into <out>/<stem>.mp4 and <out>/<stem>_gates.csv. "
+            "Exit code 0 when every pair was fused, 1 when some failed, 2 for usage errors."
         ),
     )
     p.add_argument("--ir", type=Path, required=True, help="infrared image or folder")
@@ -146,6 +147,9 @@ def add_parser(
         help="write every pair's gate weights to FILE (.json or .csv)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from moefusion.commands._fuse_options import add_options as add_video_options
+
+    add_video_options(p)  # videos (--sequence, --temporal-smoothing...) and --align
     return p
 
 
@@ -372,8 +376,15 @@ def _report(job: Job, exc: BaseException) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from moefusion.commands import _fuse_options, _fuse_video
+
+    if _fuse_video.wants_video(args):
+        return _fuse_video.run(args)
+    _fuse_options.check_image_options(args)
     _check_options(args)
     resize = parse_resize(args.resize)
+    if args.align != "none" and resize is None:
+        resize = "ir"  # pairs of different sizes: registered from the visible one resized
     weights = resolve_weights(args.weights)
     from moefusion.fuser import Fuser, resolve_device
 
@@ -494,6 +505,9 @@ def _fuse_jobs(
 ) -> Iterator[None]:
     """read -> fuse -> colour -> save, one batch of same-size pairs at a time; yields after
     each batch (``state`` holds the counts so far)."""
+    from moefusion.commands._fuse_align import Aligner
+
+    aligner = Aligner.from_args(args)  # --align: register each pair before fusing it
     batches = read_pair_batches(
         [j.pair for j in jobs], batch_size=args.batch_size, resize=resize, high_bit=args.high_bit
     )
@@ -501,6 +515,8 @@ def _fuse_jobs(
         loaded: list[tuple[Job, LoadedPair]] = []
         for index, item in batch:
             if isinstance(item, LoadedPair):
+                if aligner is not None:
+                    item = aligner.align_pair(item, jobs[index].pair.stem)
                 loaded.append((jobs[index], item))
             else:
                 if isinstance(item, PairError) and resize is None:

@@ -27,6 +27,7 @@ __all__ = [
     "is_image_file",
     "load_gray",
     "load_pair",
+    "pair_from_arrays",
     "parse_size",
     "read_image",
     "resize_image",
@@ -373,8 +374,26 @@ def load_pair(
         PairError: the two images differ in size and ``resize`` is None (the message
             names both files and sizes).
     """
-    ir_raw = read_image(ir_path)
-    vi_raw = read_image(vi_path)
+    return pair_from_arrays(
+        read_image(ir_path),
+        read_image(vi_path),
+        high_bit=high_bit,
+        resize=resize,
+        names=(str(ir_path), str(vi_path)),
+    )
+
+
+def pair_from_arrays(
+    ir_raw: np.ndarray,
+    vi_raw: np.ndarray,
+    *,
+    high_bit: str = "percentile",
+    resize: PairResize = None,
+    names: tuple[str, str] = ("infrared", "visible"),
+) -> LoadedPair:
+    """:func:`load_pair` for decoded images (``HxW`` / ``HxWx3`` RGB, uint8/uint16), e.g.
+    video frames; ``names`` name the two in the size-mismatch error."""
+    ir_path, vi_path = names
     if resize is not None:
         return _resized_pair(
             to_unit_float(ir_raw, high_bit=high_bit),

@@ -19,7 +19,7 @@ and 768 000) but fine enough to say where the bright/attended regions of the ima
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -153,6 +153,11 @@ class NoisyTopKGate(nn.Module):
     expert starts with the same logit, so the first routing decisions come from the
     noise alone.
 
+    ``logit_filter`` (default None) is an inference hook: in eval mode, a callable
+    ``[B, N] -> [B, N]`` applied to the clean logits before the top-K selection (the
+    temporal smoother of video fusion, :class:`moefusion.temporal.GateSmoother`, sets
+    it for the length of a video). It is not part of the state dict.
+
     Shapes:
         input ``[B, C, H, W]`` (any H, W), or a sequence of maps that concatenate to it
         -> :class:`GateOutput` with ``gates [B, N]``.
@@ -178,6 +183,8 @@ class NoisyTopKGate(nn.Module):
         self.noise_epsilon = noise_epsilon
         # pooling implementation: native op, or a summed-area table for export
         self.export_friendly = False
+        # eval-mode hook on the clean logits before top-K (temporal smoothing of videos)
+        self.logit_filter: Callable[[Tensor], Tensor] | None = None
         in_features = in_channels * self.grid[0] * self.grid[1]
         self.w_gate = nn.Parameter(torch.zeros(in_features, num_experts))
         self.w_noise = nn.Parameter(torch.zeros(in_features, num_experts))
@@ -206,6 +213,8 @@ class NoisyTopKGate(nn.Module):
     def forward(self, x: Tensor | Sequence[Tensor]) -> GateOutput:
         s = self.flatten_input(x)
         clean_logits = s @ self.w_gate
+        if self.logit_filter is not None and not self.training:
+            clean_logits = self.logit_filter(clean_logits)
         use_noise = self.noisy and self.training
         if use_noise:
             noise_std = F.softplus(s @ self.w_noise) + self.noise_epsilon
