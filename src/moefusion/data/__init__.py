@@ -9,15 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-#: public name -> submodule of moefusion.data that defines it
+#: public name -> submodule of moefusion.data that defines it (``moefusion.data.annotations``
+#: re-exports its submodules' names as well)
 _SOURCES: dict[str, str] = {
-    "Annotation": "annotations",
+    "Annotation": "annotations.boxes",
     "Compose": "transforms",
     "DEFAULT_CLASSES": "dataset",
     "DEFAULT_CLASS_MAP": "dataset",
     "HIGH_BIT_MODES": "io",
     "IMAGE_EXTENSIONS": "io",
-    "LabelSource": "annotations",
+    "LabelSource": "annotations.discovery",
     "LoadedPair": "io",
     "PAIR_ERRORS": "pairs",
     "Pair": "pairs",
@@ -33,22 +34,22 @@ _SOURCES: dict[str, str] = {
     "colorize_u8": "color",
     "decode_pil": "io",
     "dataset_pairs": "pairs",
-    "find_annotations": "annotations",
+    "find_annotations": "annotations.discovery",
     "find_pairs": "pairs",
     "image_size": "io",
     "is_image_file": "io",
     "list_images": "pairs",
-    "load_coco": "annotations",
+    "load_coco": "annotations.coco",
     "load_gray": "io",
     "load_pair": "io",
     "parse_size": "io",
     "load_split": "splits",
-    "load_voc": "annotations",
-    "load_yolo": "annotations",
+    "load_voc": "annotations.voc",
+    "load_yolo": "annotations.yolo",
     "match_pairs": "pairs",
     "msrs_day_night": "splits",
-    "open_labels": "annotations",
-    "read_class_names": "annotations",
+    "open_labels": "annotations.discovery",
+    "read_class_names": "annotations.yolo",
     "read_image": "io",
     "read_pair_batches": "pairs",
     "resize_image": "io",
