@@ -69,14 +69,7 @@ PIXEL_TARGETS: tuple[str, ...] = ("boxes", "max")
 #: Parts of a split file (``data.split_part``).
 SPLIT_PARTS: tuple[str, ...] = ("train", "val", "test")
 #: Keys of a ``data.datasets`` entry passed on to :class:`~moefusion.data.PairedFusionDataset`.
-DATASET_OPTIONS: tuple[str, ...] = (
-    "label_set",
-    "labels",
-    "ir_dir",
-    "vi_dir",
-    "high_bit",
-    "recursive",
-)
+DATASET_OPTIONS = ("label_set", "labels", "ir_dir", "vi_dir", "high_bit", "recursive")
 
 
 # ------------------------------------------------------------------------------- data
@@ -425,7 +418,9 @@ class StagesConfig(Section):
     def __post_init__(self) -> None:
         for name in STAGES:
             value = getattr(self, name)
-            if not isinstance(value, StageConfig):
+            if isinstance(value, StageConfig):
+                value.check(f"stages.{name}")  # its sections may have been set directly
+            else:
                 setattr(self, name, StageConfig.from_stage_dict(value, name))
 
     def get(self, stage: str) -> StageConfig:
