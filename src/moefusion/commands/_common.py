@@ -8,10 +8,10 @@ with a one-line message that the CLI prints as ``moefusion <command>: error: ...
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from moefusion.devices import DEVICE_CHOICES, parse_device
 from moefusion.errors import MoEFusionError
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
 #: How many offending paths an error lists.
 LISTED = 5
 #: ``--device`` help text of the commands that run the network.
-DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps (default: auto)"
+DEVICE_HELP = f"{DEVICE_CHOICES} (default: auto)"
 
 
 def listing(items: Iterable[object], limit: int = LISTED) -> str:
@@ -68,23 +68,9 @@ def parse_named_dirs(specs: Sequence[str], option: str = "--fused") -> dict[str,
     return out
 
 
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-def parse_device(text: str) -> str:
-    """Check a ``--device`` value: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-
-    Only the spelling is checked here; whether the device exists is checked when the
-    model is put on it (:func:`moefusion.fuser.resolve_device`).
-    """
-    value = text.strip().lower()
-    if not _DEVICE.fullmatch(value):
-        raise MoEFusionError(f"unknown device {text!r}; use {DEVICE_HELP.split(' (default')[0]}")
-    return value
-
-
 def device_arg(text: str) -> str:
-    """:func:`parse_device` as an argparse ``type`` (a usage error, exit code 2)."""
+    """:func:`moefusion.devices.parse_device` (the spelling of a ``--device`` value) as an
+    argparse ``type`` (a usage error, exit code 2)."""
     try:
         return parse_device(text)
     except MoEFusionError as exc:

@@ -113,8 +113,10 @@ def check_resume(out: Path, resume: str | None, config: dict[str, Any]) -> None:
             raise MoEFusionError(f"cannot resume: checkpoint not found: {path}")
         check_training_checkpoint(path)
         return
+    from moefusion.training.config import RunConfig
+
     joint = out / "checkpoints" / "last.ckpt"
-    if config.get("schedule", "joint") != "staged":
+    if RunConfig.from_dict(config).schedule != "staged":
         if not joint.is_file():
             raise MoEFusionError(f"cannot resume: checkpoint not found: {joint}")
         check_training_checkpoint(joint)
@@ -153,6 +155,7 @@ def check_memory(config: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from moefusion.training.config import RunConfig
     from moefusion.training.run import train
 
     config = load_run_config(args.config, args.overrides)
@@ -161,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         config["data"]["split"] = None
     if args.seed is not None:
         config["seed"] = args.seed
+    RunConfig.from_dict(config)  # unknown keys and bad values fail before anything is written
     out = args.out or Path("runs") / Path(str(args.config)).stem
     if out.exists() and not out.is_dir():
         raise MoEFusionError(f"--out {out} exists and is not a folder")

@@ -15,8 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-import torch
-
+from moefusion.devices import parse_device, resolve_device
 from moefusion.errors import ConfigError
 from moefusion.models.config import DetectorConfig
 
@@ -45,20 +44,6 @@ def check_classes(classes: Sequence[str]) -> list[str]:
     if not out or any(not c for c in out) or len({c.lower() for c in out}) != len(out):
         raise ConfigError(f"classes must be distinct, non-empty names, got {list(classes)}")
     return out
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``..."""
-    text = str(name or "cpu")
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError as exc:
-        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {text!r}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {text!r} requested but CUDA is not available")
-    return device
 
 
 # ----------------------------------------------------------------------- conversion
@@ -304,7 +289,8 @@ class DetectConfig(_Section):
 
     Attributes:
         seed: seeds model initialisation, order, augmentation and RPN/RoI sampling.
-        device: ``cpu``, ``cuda[:N]`` or ``auto``.
+        device: ``cpu``, ``cuda[:N]``, ``mps`` or ``auto`` (:mod:`moefusion.devices`;
+            whether it exists is checked when the detector is put on it).
         threads: torch CPU threads for the run; None: torch's default.
     """
 
@@ -315,6 +301,9 @@ class DetectConfig(_Section):
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        self.device = parse_device(self.device, ConfigError)
 
     @classmethod
     def coerce(cls, config: DetectConfig | Mapping[str, Any]) -> DetectConfig:

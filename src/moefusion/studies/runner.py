@@ -171,7 +171,9 @@ def resolve_run(
     settings: StudySettings, variant: Variant, seed: int, out: Path
 ) -> tuple[dict[str, Any], list[str], str]:
     """(resolved config, the override list, its key) of one run."""
-    schedule = load_run_config(settings.config).get("schedule", "joint")
+    from moefusion.training.config import RunConfig
+
+    schedule = RunConfig.from_dict(load_run_config(settings.config)).schedule
     if schedule != "staged":
         raise ConfigError(
             f"config {settings.config!r} uses schedule {schedule!r}; a study trains the "
@@ -179,6 +181,7 @@ def resolve_run(
         )
     overrides = [*base_overrides(settings, out), *variant.overrides, f"seed={seed}"]
     config = load_run_config(settings.config, overrides)
+    RunConfig.from_dict(config)  # a bad override fails here, not in every training process
     text = yaml.safe_dump(config, sort_keys=True)
     key = hashlib.sha256(text.encode()).hexdigest()[:8]
     return config, overrides, key
@@ -195,18 +198,18 @@ def run_folder(out: Path, variant: Variant, seed: int, key: str) -> Path:
 
 def heldout_pairs(config: Mapping[str, Any]) -> dict[str, list[Any]]:
     """{dataset name: its held-out pairs} from the run config's datasets and split."""
+    from moefusion.training.config import DataConfig
     from moefusion.training.data import resolve_split
 
-    split = resolve_split(config["data"].get("split"))
+    data = DataConfig.coerce(config["data"])
+    split = resolve_split(data.split)
     if split is None:
         raise ConfigError("a study evaluates on the split's test part: the config has no split")
     pairs: dict[str, list[Any]] = {}
-    for entry in config["data"]["datasets"]:
-        entry = {"root": entry} if isinstance(entry, str) else dict(entry)
-        root = Path(entry["root"])
-        name = entry.get("name", root.name)
+    for entry in data.datasets:
+        name = entry.dataset_name
         test = set(split["datasets"].get(name, {}).get("test", []))
-        chosen = [p for p in dataset_pairs(root) if p.stem in test]
+        chosen = [p for p in dataset_pairs(Path(entry.root)) if p.stem in test]
         if chosen:
             pairs[name] = chosen
     if not pairs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -20,7 +21,11 @@ from moefusion.data import (
     load_split,
 )
 from moefusion.errors import ConfigError
+from moefusion.training.config import DataConfig
 from moefusion.training.sampling import EpochSampler, EpochSeededDataset
+
+#: ``data`` as these functions take it: typed, or the plain dict of a run config.
+Data = DataConfig | Mapping[str, Any]
 
 SPLIT_PACKAGE = "moefusion.configs.splits"
 
@@ -41,54 +46,54 @@ def resolve_split(name_or_path: str | None) -> dict[str, Any] | None:
         return load_split(p)
 
 
-def build_transform(data_cfg: Mapping[str, Any]) -> Compose:
+def build_transform(data: Data) -> Compose:
+    """``data.resize`` / ``max_side``, then the random crop and flip."""
+    data = DataConfig.coerce(data)
     steps: list[Any] = []
-    if data_cfg.get("resize"):
-        steps.append(Resize(tuple(data_cfg["resize"])))
-    if data_cfg.get("max_side"):
-        steps.append(Resize(max_side=int(data_cfg["max_side"])))
-    if data_cfg.get("crop"):
-        steps.append(RandomCrop(data_cfg["crop"], pad_if_needed=True))
-    if data_cfg.get("hflip", 0):
-        steps.append(RandomHorizontalFlip(p=float(data_cfg["hflip"])))
+    if data.resize:
+        steps.append(Resize(data.resize))
+    if data.max_side:
+        steps.append(Resize(max_side=data.max_side))
+    if data.crop:
+        steps.append(RandomCrop(data.crop, pad_if_needed=True))
+    if data.hflip:
+        steps.append(RandomHorizontalFlip(p=data.hflip))
     return Compose(steps)
 
 
-def build_random_transform(data_cfg: Mapping[str, Any]) -> Compose:
+def build_random_transform(data: Data) -> Compose:
     """Only the random part of :func:`build_transform` (crop, flip): for cached whole pairs."""
-    return build_transform(dict(data_cfg, resize=None, max_side=None))
+    return build_transform(dataclasses.replace(DataConfig.coerce(data), resize=None, max_side=None))
 
 
-def build_train_dataset(data_cfg: Mapping[str, Any]) -> ConcatDataset:
-    """All training datasets of ``data_cfg`` (minus each one's test split) in one dataset."""
-    entries = data_cfg.get("datasets") or []
-    if not entries:
+def build_train_dataset(data: Data) -> ConcatDataset:
+    """All training datasets of ``data`` (each one's ``data.split_part`` of the split)."""
+    data = DataConfig.coerce(data)
+    if not data.datasets:
         raise ConfigError("data.datasets is empty: list at least one folder with ir/ and vi/")
-    split = resolve_split(data_cfg.get("split"))
-    part = data_cfg.get("split_part", "train")
-    transform = build_transform(data_cfg)
+    split = resolve_split(data.split)
+    transform = build_transform(data)
     parts = []
-    for entry in entries:
-        entry = {"root": entry} if isinstance(entry, str) else dict(entry)
-        root = Path(entry.pop("root"))
+    for entry in data.datasets:
+        root = Path(entry.root)
         if not root.is_dir():
             raise ConfigError(f"dataset folder not found: {root} (needs ir/ and vi/ inside)")
-        name = entry.pop("name", root.name)
+        name = entry.dataset_name
         stems = None
         if split is not None:
             if name not in split["datasets"]:
                 raise ConfigError(f"split has no entry for dataset {name!r}")
-            stems = split["datasets"][name][part]
+            stems = split["datasets"][name][data.split_part]
         parts.append(
             PairedFusionDataset(
                 root,
-                classes=tuple(data_cfg.get("classes", ("person", "car", "bicycle"))),
-                class_map=data_cfg.get("class_map") or None,
+                classes=data.classes,
+                class_map=data.class_map,
                 stems=stems,
                 transform=transform,
-                skip_bad=bool(data_cfg.get("skip_bad", False)),
+                skip_bad=data.skip_bad,
                 name=name,
-                **entry,
+                **entry.options,
             )
         )
     return ConcatDataset(parts)
@@ -110,20 +115,20 @@ def labelled_subset(dataset: ConcatDataset) -> Subset:
     return Subset(dataset, keep)
 
 
-def build_train_loader(data_cfg: Mapping[str, Any], seed: int) -> DataLoader:
-    return loader_for(build_train_dataset(data_cfg), data_cfg, seed)
+def build_train_loader(data: Data, seed: int) -> DataLoader:
+    return loader_for(build_train_dataset(data), data, seed)
 
 
-def loader_for(inner: Dataset, data_cfg: Mapping[str, Any], seed: int) -> DataLoader:
+def loader_for(inner: Dataset, data: Data, seed: int) -> DataLoader:
     """Resume-exact loader over ``inner`` (epoch-seeded items, shuffled, repeated)."""
+    data = DataConfig.coerce(data)
     dataset = EpochSeededDataset(inner, seed)
-    sampler = EpochSampler(len(dataset), seed=seed, repeat=int(data_cfg.get("repeat", 1)))
-    workers = int(data_cfg.get("num_workers", 0))
+    sampler = EpochSampler(len(dataset), seed=seed, repeat=data.repeat)
     return DataLoader(
         dataset,
-        batch_size=int(data_cfg.get("batch_size", 4)),
+        batch_size=data.batch_size,
         sampler=sampler,
-        num_workers=workers,
+        num_workers=data.num_workers,
         collate_fn=collate_pairs,
         drop_last=False,
         persistent_workers=False,

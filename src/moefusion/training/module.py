@@ -11,7 +11,8 @@ import lightning as L
 import torch
 
 from moefusion.losses import fusion_loss
-from moefusion.models import MoEFusion, MoEFusionConfig
+from moefusion.models import MoEFusion
+from moefusion.training.config import OptimConfig, RunConfig
 from moefusion.training.sampling import step_seed
 
 
@@ -51,14 +52,25 @@ def batch_targets(batch: Mapping[str, Any]) -> list[dict[str, torch.Tensor] | No
 
 class RunModule(L.LightningModule):
     """What every training module shares: the run config (stored in each checkpoint),
-    the model, per-step seeding of the gate noise and the expert-usage log."""
+    the model, per-step seeding of the gate noise and the expert-usage log.
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    ``run_config`` is the plain dict (saved in every checkpoint's hyper-parameters);
+    :attr:`config` reads it as a :class:`~moefusion.training.config.RunConfig`.
+    """
+
+    def __init__(self, config: Mapping[str, Any] | RunConfig) -> None:
         super().__init__()
-        self.save_hyperparameters({"config": dict(config)})
-        self.run_config = dict(config)
-        self.model = MoEFusion(MoEFusionConfig.from_dict(config["model"]))
-        self.seed = int(config.get("seed", 0))
+        plain = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+        self.save_hyperparameters({"config": plain})
+        self.run_config = plain
+        typed = self.config  # refuses an invalid config before anything is built
+        self.model = MoEFusion(typed.model)
+        self.seed = typed.seed
+
+    @property
+    def config(self) -> RunConfig:
+        """The typed run config, read from ``run_config`` (so it follows edits of the dict)."""
+        return RunConfig.from_dict(self.run_config)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Gate noise draws from the global RNG: seed it per step so resume is exact.
@@ -68,13 +80,11 @@ class RunModule(L.LightningModule):
         # Epoch-step schedules (joint runs, the detector stage): a resumed run follows
         # the *config's* schedule (the checkpoint stores the old rate and milestones),
         # so a run can be extended or its rate changed.
-        optim = self.run_config["optim"]
+        optim = self.config.optim
         for scheduler_config in self.trainer.lr_scheduler_configs:
             scheduler = scheduler_config.scheduler
             if isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR):
-                apply_milestones(
-                    scheduler, optim["milestones"], float(optim["gamma"]), float(optim["lr"])
-                )
+                apply_milestones(scheduler, optim.milestones, optim.gamma, optim.lr)
 
     def log_gate_usage(self, gates: Mapping[str, torch.Tensor], batch_size: int) -> None:
         """Fraction of the batch's samples routed to each expert: shows which experts fire."""
@@ -83,14 +93,12 @@ class RunModule(L.LightningModule):
                 self.log(f"gates/{key}_e{i}", share, batch_size=batch_size)
 
 
-def adam_with_epoch_steps(params: Any, optim: Mapping[str, Any]) -> dict[str, Any]:
+def adam_with_epoch_steps(params: Any, optim: OptimConfig) -> dict[str, Any]:
     """Adam (``optim.lr``, ``optim.weight_decay``) with x``gamma`` steps at the epochs in
     ``optim.milestones``, as Lightning's ``configure_optimizers`` returns it."""
-    optimizer = torch.optim.Adam(
-        params, lr=float(optim["lr"]), weight_decay=float(optim["weight_decay"])
-    )
+    optimizer = torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=list(optim["milestones"]), gamma=float(optim["gamma"])
+        optimizer, milestones=list(optim.milestones), gamma=optim.gamma
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
@@ -101,9 +109,9 @@ class MoEFusionModule(RunModule):
     ``config`` is the whole resolved run config; it is stored in every checkpoint.
     """
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    def __init__(self, config: Mapping[str, Any] | RunConfig) -> None:
         super().__init__(config)
-        self.alpha = float(config["optim"].get("alpha", 10.0))
+        self.alpha = self.config.optim.alpha
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.model(batch["ir"], batch["vi"], batch_targets(batch))
@@ -130,4 +138,4 @@ class MoEFusionModule(RunModule):
         return total
 
     def configure_optimizers(self) -> Any:
-        return adam_with_epoch_steps(self.parameters(), self.run_config["optim"])
+        return adam_with_epoch_steps(self.parameters(), self.config.optim)

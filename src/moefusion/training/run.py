@@ -21,6 +21,7 @@ step, a digest of the weights after the step), to check the sharding of a real r
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -38,9 +39,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from moefusion.config import save_config
 from moefusion.errors import ConfigError, MoEFusionError
-from moefusion.models import MoEFusion, MoEFusionConfig
+from moefusion.models import MoEFusion
 from moefusion.training.cache import CachedPairs, build_cache
 from moefusion.training.checkpoint_io import AtomicCheckpointIO
+from moefusion.training.config import STAGES, RunConfig, stage_config
 from moefusion.training.data import (
     SetupLoader,
     build_random_transform,
@@ -51,30 +53,11 @@ from moefusion.training.data import (
 )
 from moefusion.training.fit_report import FitReport
 from moefusion.training.module import MoEFusionModule
-from moefusion.training.stages import (
-    SCHEDULES,
-    STAGES,
-    DetectorStageModule,
-    FusionStageModule,
-    stage_config,
-    stage_is_empty,
-)
+from moefusion.training.stages import DetectorStageModule, FusionStageModule
 from moefusion.weights import load_weights, save_weights
 
-TRAINER_KEYS = {
-    "max_epochs",
-    "max_steps",
-    "accelerator",
-    "devices",
-    "num_nodes",
-    "strategy",
-    "precision",
-    "log_every_n_steps",
-    "limit_train_batches",
-    "accumulate_grad_batches",
-    "deterministic",
-    "max_time",
-}
+#: A run config as ``train`` takes it: the plain dict (saved as it is) or typed.
+Config = Mapping[str, Any] | RunConfig
 
 
 #: Environment variable naming a folder for :class:`RankTrace` records (off when unset).
@@ -145,32 +128,28 @@ def _trace(stage: str) -> list[L.Callback]:
     return [RankTrace(folder, stage)] if folder else []
 
 
-def trainer_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
-    raw = dict(config.get("trainer", {}))
-    unknown = set(raw) - TRAINER_KEYS
-    if unknown:
-        raise ConfigError(f"unknown trainer keys: {', '.join(sorted(unknown))}")
-    return {k: v for k, v in raw.items() if v is not None}
+def _plain_and_typed(config: Config) -> tuple[dict[str, Any], RunConfig]:
+    """The plain dict (what is saved) and the typed config; refuses an invalid config."""
+    if isinstance(config, RunConfig):
+        return config.to_dict(), config
+    return dict(config), RunConfig.from_dict(config)
 
 
 def train(
-    config: Mapping[str, Any],
+    config: Config,
     out_dir: str | Path,
     *,
     resume: str | Path | None = None,
     progress: bool = True,
 ) -> Path:
     """Train with the config's ``schedule`` (``joint`` or ``staged``); see the module doc."""
-    schedule = config.get("schedule", "joint")
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if schedule == "staged":
+    if _plain_and_typed(config)[1].schedule == "staged":
         return train_staged(config, out_dir, resume=resume, progress=progress)
     return train_joint(config, out_dir, resume=resume, progress=progress)
 
 
 def train_joint(
-    config: Mapping[str, Any],
+    config: Config,
     out_dir: str | Path,
     *,
     resume: str | Path | None = None,
@@ -190,17 +169,18 @@ def train_joint(
             raise ConfigError(f"cannot resume: checkpoint not found: {resume_path}")
         ckpt_path = str(resume_path)
 
-    seed = int(config.get("seed", 0))
+    plain, typed = _plain_and_typed(config)
+    seed = typed.seed
     L.seed_everything(seed, workers=True, verbose=False)
-    loader = build_train_loader(config["data"], seed)
-    module = MoEFusionModule(config)
+    loader = build_train_loader(typed.data, seed)
+    module = MoEFusionModule(plain)
 
     trainer = _run_trainer(
-        config,
+        typed,
         out,
         progress,
         [],
-        {out / "config.yaml": config, ckpt_dir / "config.yaml": config},
+        {out / "config.yaml": plain, ckpt_dir / "config.yaml": plain},
         trace="joint",
     )
     start = time.perf_counter()
@@ -219,7 +199,7 @@ def train_joint(
 
 
 def _run_trainer(
-    cfg: Mapping[str, Any],
+    cfg: RunConfig,
     run_dir: Path,
     progress: bool,
     callbacks: list[L.Callback],
@@ -228,14 +208,14 @@ def _run_trainer(
     trace: str | None = None,
 ) -> L.Trainer:
     """The Trainer of one run (a joint run or one stage) in ``run_dir``: checkpoints every
-    ``cfg["checkpoint_every"]`` epochs (default 1) plus ``last.ckpt``, versioned
+    ``cfg.checkpoint_every`` epochs plus ``last.ckpt``, versioned
     TensorBoard and CSV logs (a resumed run appends a version), ``configs`` written on
     rank 0 once training starts, and the rank trace named ``trace`` (default the stage)."""
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="epoch{epoch:03d}",
         auto_insert_metric_name=False,
-        every_n_epochs=int(cfg.get("checkpoint_every", 1)),
+        every_n_epochs=cfg.checkpoint_every,
         save_top_k=-1,
         save_last=True,
     )
@@ -249,15 +229,15 @@ def _run_trainer(
             checkpoint,
             SaveConfigs(configs),
             *callbacks,
-            *_trace(trace or str(cfg["stage"])),
+            *_trace(trace or str(cfg.stage)),
         ],
         plugins=[AtomicCheckpointIO()],
-        gradient_clip_val=float(cfg["optim"].get("grad_clip", 35.0)),
+        gradient_clip_val=cfg.optim.grad_clip,
         gradient_clip_algorithm="norm",
         enable_progress_bar=progress,
         enable_model_summary=False,
         use_distributed_sampler=False,  # EpochSampler shards by rank itself, when iterated
-        **trainer_kwargs(cfg),
+        **cfg.trainer.lightning_kwargs(),
     )
 
 
@@ -272,15 +252,14 @@ def _load_attention_branch(model: MoEFusion, path: str | Path) -> None:
         raise ConfigError(f"{path}: unexpected attention keys {unexpected[:5]}")
 
 
-def _stage_finished(stage_dir: Path, cfg: Mapping[str, Any]) -> bool:
+def _stage_finished(stage_dir: Path, cfg: RunConfig) -> bool:
     """Whether a stage's last launch reached the budget that ``cfg`` asks for now
     (so a resumed run with a longer budget continues it)."""
     done_file = stage_dir / "done.json"
     if not done_file.is_file():
         return False
     done = json.loads(done_file.read_text())
-    trainer = cfg["trainer"]
-    steps, epochs = trainer.get("max_steps"), trainer.get("max_epochs")
+    steps, epochs = cfg.trainer.max_steps, cfg.trainer.max_epochs
     if steps not in (None, -1):
         return int(done["global_step"]) >= int(steps)
     if epochs not in (None, -1):
@@ -293,9 +272,9 @@ def _checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
 
 
-def _val_dataset(cfg: Mapping[str, Any]) -> Dataset | None:
+def _val_dataset(cfg: RunConfig) -> Dataset | None:
     """Whole validation pairs (split part ``val``); None without a val part."""
-    data = dict(cfg["data"], crop=None, hflip=0, split_part="val")
+    data = dataclasses.replace(cfg.data, crop=None, hflip=0.0, split_part="val")
     try:
         dataset = build_train_dataset(data)
     except (ConfigError, MoEFusionError, KeyError):
@@ -309,23 +288,23 @@ def _val_pairs(dataset: Dataset, progress: bool, model: MoEFusion) -> list[dict[
 
 
 def _fusion_loader(
-    cfg: Mapping[str, Any], seed: int, progress: bool, module: L.LightningModule
+    cfg: RunConfig, seed: int, progress: bool, module: L.LightningModule
 ) -> DataLoader:
     """Stage 2's loader over the attention cache, built in ``setup`` (every rank its share)."""
     # the cache holds whole (resized) pairs; crops and flips are drawn per step
-    whole = dict(cfg["data"], crop=None, hflip=0)
+    whole = dataclasses.replace(cfg.data, crop=None, hflip=0.0)
     items = build_cache(
         module.model,  # type: ignore[arg-type]
         build_train_dataset(whole),
         progress=progress,
         distributed=True,
     )
-    dataset = CachedPairs(items, build_random_transform(cfg["data"]))
-    return loader_for(dataset, dict(cfg["data"], num_workers=0), seed)
+    dataset = CachedPairs(items, build_random_transform(cfg.data))
+    return loader_for(dataset, dataclasses.replace(cfg.data, num_workers=0), seed)
 
 
 def train_staged(
-    config: Mapping[str, Any],
+    config: Config,
     out_dir: str | Path,
     *,
     resume: str | Path | None = None,
@@ -348,7 +327,8 @@ def train_staged(
         (d / "checkpoints" / "last.ckpt").is_file() for d in stage_dirs.values()
     ):
         raise ConfigError(f"cannot resume: no stage checkpoint under {out}")
-    seed = int(config.get("seed", 0))
+    config, typed = _plain_and_typed(config)
+    seed = typed.seed
     # written by the first stage that trains (see the module doc), else at the end
     run_config: dict[Path, Mapping[str, Any]] = {out / "config.yaml": config}
     state: dict[str, torch.Tensor] | None = None
@@ -356,14 +336,15 @@ def train_staged(
     is_global_zero = True
     start = time.perf_counter()
     for name in STAGES:
-        cfg = stage_config(config, name)
-        if name == "detect" and stage_is_empty(cfg):
-            if cfg.get("init_weights"):  # stage 1's result taken from a weights file
-                model = MoEFusion(MoEFusionConfig.from_dict(cfg["model"]))
-                _load_attention_branch(model, cfg["init_weights"])
+        plain = stage_config(config, name)  # saved in the stage's folder
+        cfg = RunConfig.from_dict(plain)
+        if name == "detect" and cfg.trainer.is_empty():
+            if cfg.init_weights:  # stage 1's result taken from a weights file
+                model = MoEFusion(cfg.model)
+                _load_attention_branch(model, cfg.init_weights)
                 state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             continue
-        if stage_is_empty(cfg):
+        if cfg.trainer.is_empty():
             continue
         stage_dir = stage_dirs[name]
         last = stage_dir / "checkpoints" / "last.ckpt"
@@ -377,7 +358,7 @@ def train_staged(
             "fusion": FusionStageModule,
             "joint": MoEFusionModule,
         }[name]
-        module = module_cls(cfg)
+        module = module_cls(plain)
         if ckpt_path is not None:
             # Lightning restores the checkpoint only in fit(); the attention cache needs
             # the trained detectors before that
@@ -385,26 +366,23 @@ def train_staged(
         else:
             if state is not None:
                 module.model.load_state_dict(state)
-            if cfg.get("init_weights") and name == "detect":
-                _load_attention_branch(module.model, cfg["init_weights"])
-            elif cfg.get("init_weights"):
+            if cfg.init_weights and name == "detect":
+                _load_attention_branch(module.model, cfg.init_weights)
+            elif cfg.init_weights:
                 module.model.load_inference_state_dict(
-                    load_weights(cfg["init_weights"]).inference_state_dict()
+                    load_weights(cfg.init_weights).inference_state_dict()
                 )
         callbacks: list[L.Callback] = []
-        optim = cfg["optim"]
         data: dict[str, Any]
         if name == "detect":
-            loader = loader_for(
-                labelled_subset(build_train_dataset(cfg["data"])), cfg["data"], seed
-            )
+            loader = loader_for(labelled_subset(build_train_dataset(cfg.data)), cfg.data, seed)
             data = {"train_dataloaders": loader}
         elif name == "fusion":
             data = {
                 "datamodule": SetupLoader(functools.partial(_fusion_loader, cfg, seed, progress))
             }
         else:
-            data = {"train_dataloaders": build_train_loader(cfg["data"], seed)}
+            data = {"train_dataloaders": build_train_loader(cfg.data, seed)}
         if name in ("fusion", "joint"):
             val = _val_dataset(cfg)
             if val is not None:
@@ -412,16 +390,16 @@ def train_staged(
                     FitReport(
                         functools.partial(_val_pairs, val, progress),
                         out / "fit_report.jsonl",
-                        pixel_target=str(optim.get("pixel_target", "boxes")),
-                        alpha=float(optim.get("alpha", 10.0)),
+                        pixel_target=cfg.optim.pixel_target,
+                        alpha=cfg.optim.alpha,
                         stage=name,
                         recompute_attention=name == "joint",
                     )
                 )
         configs = {
             **run_config,
-            stage_dir / "config.yaml": cfg,
-            stage_dir / "checkpoints" / "config.yaml": cfg,
+            stage_dir / "config.yaml": plain,
+            stage_dir / "checkpoints" / "config.yaml": plain,
         }
         run_config = {}
         trainer = _run_trainer(cfg, stage_dir, progress, callbacks, configs)
@@ -447,8 +425,8 @@ def train_staged(
         module = FusionStageModule(stage_config(config, "fusion"))
         module.model.load_state_dict(state)
     if is_global_zero:
-        for path, cfg in run_config.items():  # no stage trained in this launch
-            save_config(cfg, path)
+        for path, saved in run_config.items():  # no stage trained in this launch
+            save_config(saved, path)
         save_weights(
             module.model,
             out / "moefusion.safetensors",

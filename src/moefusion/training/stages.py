@@ -20,7 +20,6 @@ A stage's settings are the run config's ``data``/``optim``/``trainer`` sections 
 from __future__ import annotations
 
 import bisect
-import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,42 +28,32 @@ import torch
 
 from moefusion.errors import ConfigError
 from moefusion.losses import fusion_loss
+from moefusion.training.config import (
+    LR_SCHEDULES,
+    PIXEL_TARGETS,
+    SCHEDULES,
+    STAGES,
+    RunConfig,
+    stage_config,
+)
 from moefusion.training.module import RunModule, adam_with_epoch_steps, batch_targets
 
-STAGES: tuple[str, ...] = ("detect", "fusion", "joint")
-SCHEDULES: tuple[str, ...] = ("joint", "staged")
-LR_SCHEDULES: tuple[str, ...] = ("step", "cosine", "constant")
-PIXEL_TARGETS: tuple[str, ...] = ("boxes", "max")
-STAGE_KEYS = {"data", "optim", "trainer", "init_weights", "checkpoint_every"}
+__all__ = [
+    "LR_SCHEDULES",
+    "PIXEL_TARGETS",
+    "SCHEDULES",
+    "STAGES",
+    "DetectorStageModule",
+    "FusionStageModule",
+    "lr_factor",
+    "stage_config",
+    "stage_is_empty",
+]
 
 
-def stage_config(config: Mapping[str, Any], stage: str) -> dict[str, Any]:
-    """The run config as one stage sees it: ``stages.<stage>`` sections merged over the base."""
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-    out = copy.deepcopy(dict(config))
-    overrides = dict((config.get("stages") or {}).get(stage) or {})
-    unknown = set(overrides) - STAGE_KEYS
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in stages.{stage}: {', '.join(sorted(unknown))} "
-            f"(allowed: {', '.join(sorted(STAGE_KEYS))})"
-        )
-    for section in ("data", "optim", "trainer"):
-        merged = dict(out.get(section) or {})
-        merged.update(overrides.get(section) or {})
-        out[section] = merged
-    out["init_weights"] = overrides.get("init_weights")
-    out["checkpoint_every"] = int(overrides.get("checkpoint_every") or 1)
-    out["stage"] = stage
-    return out
-
-
-def stage_is_empty(cfg: Mapping[str, Any]) -> bool:
+def stage_is_empty(cfg: RunConfig | Mapping[str, Any]) -> bool:
     """A stage with ``max_steps: 0``, or ``max_epochs: 0`` and no step budget, is skipped."""
-    trainer = cfg["trainer"]
-    steps, epochs = trainer.get("max_steps"), trainer.get("max_epochs")
-    return steps == 0 or (steps in (None, -1) and epochs == 0 and not trainer.get("max_time"))
+    return RunConfig.coerce(cfg).trainer.is_empty()
 
 
 def lr_factor(
@@ -105,19 +94,13 @@ def lr_factor(
     return factor
 
 
-def _check_choice(value: Any, choices: Sequence[str], key: str) -> str:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
-    return str(value)
-
-
 class DetectorStageModule(RunModule):
     """Stage 1: both detectors' losses on labelled batches; the fusion branch is frozen.
 
     Learning rate: Adam with a step schedule in epochs (``optim.milestones``).
     """
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    def __init__(self, config: Mapping[str, Any] | RunConfig) -> None:
         super().__init__(config)
         self.model.fusion.requires_grad_(False)
 
@@ -136,7 +119,7 @@ class DetectorStageModule(RunModule):
         return [p for p in self.model.attention.parameters() if p.requires_grad]
 
     def configure_optimizers(self) -> Any:
-        return adam_with_epoch_steps(self._params(), self.run_config["optim"])
+        return adam_with_epoch_steps(self._params(), self.config.optim)
 
 
 class FusionStageModule(RunModule):
@@ -148,15 +131,13 @@ class FusionStageModule(RunModule):
     :func:`lr_factor` of ``optim.schedule`` (``step`` milestones are steps here).
     """
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    def __init__(self, config: Mapping[str, Any] | RunConfig) -> None:
         super().__init__(config)
         self.model.attention.requires_grad_(False)
-        optim = config["optim"]
-        self.alpha = float(optim.get("alpha", 10.0))
-        self.alpha_warmup_steps = int(optim.get("alpha_warmup_steps") or 0)
-        self.pixel_target = _check_choice(
-            optim.get("pixel_target", "boxes"), PIXEL_TARGETS, "optim.pixel_target"
-        )
+        optim = self.config.optim
+        self.alpha = optim.alpha
+        self.alpha_warmup_steps = optim.alpha_warmup_steps
+        self.pixel_target = optim.pixel_target
 
     def on_train_epoch_start(self) -> None:
         self.model.attention.eval()  # frozen: its BatchNorm statistics must not move
@@ -194,19 +175,18 @@ class FusionStageModule(RunModule):
         return self.alpha * min(1.0, self.global_step / self.alpha_warmup_steps)
 
     def configure_optimizers(self) -> Any:
-        optim = self.run_config["optim"]
+        config = self.config
+        optim = config.optim
         optimizer = torch.optim.Adam(
-            self.model.fusion.parameters(),
-            lr=float(optim["lr"]),
-            weight_decay=float(optim["weight_decay"]),
+            self.model.fusion.parameters(), lr=optim.lr, weight_decay=optim.weight_decay
         )
         factor = lr_factor(
-            _check_choice(optim.get("schedule", "step"), LR_SCHEDULES, "optim.schedule"),
-            warmup_steps=int(optim.get("warmup_steps") or 0),
-            total_steps=self.run_config["trainer"].get("max_steps"),
-            milestones=optim.get("step_milestones") or (),
-            gamma=float(optim.get("gamma", 0.1)),
-            min_factor=float(optim.get("min_lr_factor") or 0.0),
+            optim.schedule,
+            warmup_steps=optim.warmup_steps,
+            total_steps=config.trainer.max_steps,
+            milestones=optim.step_milestones,
+            gamma=optim.gamma,
+            min_factor=optim.min_lr_factor,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {
