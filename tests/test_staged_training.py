@@ -192,3 +192,29 @@ def test_detector_stage_resumes_with_the_configs_learning_rate_schedule() -> Non
     module.on_train_start()
     assert scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)
     assert sorted(scheduler.milestones) == [60, 70]
+
+
+@pytest.mark.slow
+@needs_shared
+def test_a_stage_1_from_weights_gives_a_seeded_fusion_start(tmp_path: Path) -> None:
+    from moefusion.weights import bundled_weights_path
+
+    weights = bundled_weights_path()
+    assert weights is not None
+    runs = []
+    for i in range(2):
+        torch.manual_seed(1000 + i)  # whatever the process drew before must not matter
+        config = tiny_staged_config(
+            "model.detector.fpn_channels=64",  # the bundled attention branch's width
+            "model.decoder_channels=[16, 16, 8]",
+            f"stages.detect.init_weights={weights}",
+            "stages.detect.trainer={max_epochs: 0, max_steps: null}",
+            "stages.fusion.trainer={max_epochs: 1, max_steps: null, max_time: null}",
+        )
+        runs.append(
+            load_weights(
+                train(config, tmp_path / f"r{i}", progress=False) / "moefusion.safetensors"
+            )
+        )
+    a, b = (r.state_dict() for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)

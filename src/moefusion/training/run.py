@@ -340,6 +340,8 @@ def train_staged(
         cfg = RunConfig.from_dict(plain)
         if name == "detect" and cfg.trainer.is_empty():
             if cfg.init_weights:  # stage 1's result taken from a weights file
+                # seeded: the fusion branch of this model is the next stage's start
+                L.seed_everything(seed, workers=True, verbose=False)
                 model = MoEFusion(cfg.model)
                 _load_attention_branch(model, cfg.init_weights)
                 state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
