@@ -94,7 +94,13 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def load_weights(path: str | Path, *, device: str | torch.device = "cpu") -> MoEFusion:
-    """Build the model described by the file's metadata and load its weights (eval mode)."""
+    """Build the model described by the file's metadata and load its weights (eval mode).
+
+    The model is built on the meta device (no memory, no random initialisation that the
+    weights would overwrite) with the torchvision-free backbones of
+    :mod:`moefusion.models.backbones` (same keys and outputs as torchvision's, without
+    importing torchvision), and the file's tensors become its parameters.
+    """
     path = Path(path)
     if not path.is_file():
         raise MoEFusionError(f"weights file not found: {path}")
@@ -111,7 +117,8 @@ def load_weights(path: str | Path, *, device: str | torch.device = "cpu") -> MoE
         raise MoEFusionError(
             f"weights file {path}: bad model config in its metadata: {msg}"
         ) from exc
-    model = MoEFusion(config, with_heads=False)
+    with torch.device("meta"):
+        model = MoEFusion(config, with_heads=False, lean_backbones=True)
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
@@ -120,8 +127,13 @@ def load_weights(path: str | Path, *, device: str | torch.device = "cpu") -> MoE
         ) from exc
     check_finite(state, f"weights file {path}")
     _check_shapes(model, state, path)
+    # safetensors' tensors sit at arbitrary offsets of one buffer; some CPU kernels round
+    # differently on unaligned data, so each gets its own (aligned) copy: the outputs are
+    # then bit for bit those of a model whose parameters were copied into
+    state = {k: v.clone() for k, v in state.items()}
     try:
-        model.load_inference_state_dict(state)
+        model.load_inference_state_dict(state, assign=True)
+        _materialize(model)
     except MoEFusionError as exc:
         raise MoEFusionError(f"weights file {path}: {exc}") from exc
     except RuntimeError as exc:  # anything load_state_dict still refuses
@@ -130,6 +142,16 @@ def load_weights(path: str | Path, *, device: str | torch.device = "cpu") -> MoE
             f"weights file {path} does not fit the model: {first[-1] if first else exc}"
         ) from exc
     return model.to(device).eval()
+
+
+def _materialize(model: MoEFusion) -> None:
+    """After loading into a meta-device model: recreate its constants; anything else
+    still on the meta device was missing from the file."""
+    model.attention.reset_constants()
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        more = f" (+{len(left) - _LISTED} more)" if len(left) > _LISTED else ""
+        raise MoEFusionError(f"missing tensor(s) {', '.join(left[:_LISTED])}{more}")
 
 
 def bundled_weights_path() -> Path | None:
