@@ -5,7 +5,9 @@ targets, with these changes (``docs/fuse.md``, "Speed", has the measurements):
 
 * **BatchNorm folded** into the preceding convolution in the attention branch (the
   detectors' backbones and the spatial attention): one pass over each feature map
-  instead of two. Folded once, from the weights the model has when the runner is made.
+  instead of two. Folded once, from the weights the model has when the runner is made
+  (the runner's attention branch is a copy of the module tree that shares the other
+  parameters with the model).
 * **Dense encoders without concatenations**: the convolution of a dense layer over
   ``concat(f_0, ..., f_k)`` is the sum of convolutions over each ``f_j``, so every new
   feature map is convolved once with the weights of *all* later layers stacked (one
@@ -75,34 +77,29 @@ def _bn_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor] | None:
     mean, var = bn.running_mean, bn.running_var
     if mean is None or var is None:
         return None
-    weight = bn.weight if bn.weight is not None else torch.ones_like(var)
-    bias = bn.bias if bn.bias is not None else torch.zeros_like(mean)
-    eps = float(bn.eps)
-    scale = weight.double() * (var.double() + eps).rsqrt()
-    return scale, bias.double() - mean.double() * scale
+    scale = (var + float(bn.eps)).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
 
 
 def _folded(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d | None:
-    affine = _bn_scale_shift(bn)
-    if affine is None or conv.out_channels != affine[0].numel():
-        return None
-    scale, shift = affine
-    with torch.device("meta"):  # no allocation, no draw from the random generator
-        fused = nn.Conv2d(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,  # type: ignore[arg-type]
-            conv.stride,  # type: ignore[arg-type]
-            conv.padding,  # type: ignore[arg-type]
-            conv.dilation,  # type: ignore[arg-type]
-            conv.groups,
-            bias=True,
-            padding_mode=conv.padding_mode,
-        )
-    weight = conv.weight.detach().double() * scale.view(-1, 1, 1, 1)
-    bias = shift if conv.bias is None else conv.bias.detach().double() * scale + shift
-    fused.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
-    fused.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+    with torch.no_grad():
+        affine = _bn_scale_shift(bn)
+        if affine is None or conv.out_channels != affine[0].numel():
+            return None
+        scale, shift = affine
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        bias = shift if conv.bias is None else conv.bias * scale + shift
+    fused = copy.copy(conv)  # same hyper-parameters; own parameters and hooks below
+    for name, value in vars(conv).items():
+        if name.startswith("_") and isinstance(value, dict):
+            setattr(fused, name, type(value)())
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    fused.bias = nn.Parameter(bias, requires_grad=False)
     return fused
 
 
@@ -134,6 +131,20 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
                 parent._modules[conv_name] = fused
                 parent._modules[bn_name] = nn.Identity()
     return module
+
+
+def _clone_tree(module: nn.Module, skip: Sequence[str] = ()) -> nn.Module:
+    """A copy of the module tree that shares the parameters and buffers (new module
+    objects, so that :func:`fold_batchnorm` can replace children without touching
+    ``module``); children named in ``skip`` become None. Much cheaper than deepcopy."""
+    clone = copy.copy(module)
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    clone._modules = {
+        name: None if child is None or name in skip else _clone_tree(child)
+        for name, child in module._modules.items()
+    }
+    return clone
 
 
 # -------------------------------------------------------------------- fusion branch
@@ -173,9 +184,10 @@ def dense_encode(encoder: DenseEncoder, x: Tensor) -> list[Tensor]:
         for i, k in enumerate(range(j, count)):
             part = out[:, i * g : (i + 1) * g]
             pending[k] = part if pending[k] is None else pending[k] + part
-        current = pending[j]
+        current, pending[j] = pending[j], None
         assert current is not None
-        feats.append(F.relu(current))
+        feats.append(F.relu_(current) if j > 0 else F.relu(current))
+        del current, out
     return feats
 
 
@@ -246,10 +258,9 @@ class FastMoEFusion(nn.Module):
             raise MoEFusionError(f"precision must be one of {', '.join(PRECISIONS)}")
         self.config = model.config
         self.precision = precision
-        att = model.attention
-        # the copy leaves the detection heads out (not run at inference)
-        memo = {id(m): None for m in (att.rpn, att.roi_heads) if m is not None}
-        self.attention = fold_batchnorm(copy.deepcopy(att, memo).eval())
+        # the detection heads are not run at inference: left out of the copy
+        att = _clone_tree(model.attention, skip=("rpn", "roi_heads"))
+        self.attention = fold_batchnorm(att.eval())
         self.fusion = model.fusion
         self._fast_fusion = self._supported()
 
@@ -326,8 +337,10 @@ class FastMoEFusion(nn.Module):
             gates[f"mole_{name}"] = gate.gates
             load.append(gate.balancing_loss())
         load_loss = local.load_weight * (load[0] + load[1])
+        del masked, inverse, enc_vis, enc_ir
 
         x_f = torch.cat([*feats_vis, *feats_ir, *ys], dim=1)
+        del feats_vis, feats_ir, ys  # peak memory (and first-pass page faults) stays lower
         glob = f.global_stage
         assert isinstance(glob, MixtureOfGlobalExperts)
         gate = glob.mixture.gate(x_f)
