@@ -36,6 +36,7 @@ from torch import Tensor
 from moefusion.data import colorize, decode_pil, same_size_batches, to_gray, to_unit_float
 from moefusion.errors import MoEFusionError, PairError
 from moefusion.models import MoEFusion
+from moefusion.models.inference import FastMoEFusion, check_precision
 from moefusion.tiling import (
     AUTO_TILE,
     available_memory,
@@ -205,26 +206,50 @@ class Fuser:
     Args:
         model: the network (put in eval mode: no gate noise, BatchNorm statistics frozen).
         device: ``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        precision: ``"fp32"`` (default), or ``"bf16"`` / ``"fp16"`` (CUDA) for the
+            attention branch, the local experts and the first global-expert layer
+            (:mod:`moefusion.models.inference`; within one grey level of fp32 on the
+            samples, faster where the hardware has fast half-precision arithmetic).
+        optimize: run :class:`~moefusion.models.inference.FastMoEFusion` (BatchNorm
+            folded, concatenation-free encoders: the model's results up to float
+            rounding); False runs ``model`` itself (the plain reference path, fp32 only).
+            The attention branch's weights are read once, here.
 
     All calls run under :func:`torch.inference_mode`.
     """
 
-    def __init__(self, model: MoEFusion, device: str | torch.device = "auto") -> None:
+    def __init__(
+        self,
+        model: MoEFusion,
+        device: str | torch.device = "auto",
+        *,
+        precision: str = "fp32",
+        optimize: bool = True,
+    ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        self.precision = check_precision(precision, self.device)
+        if not optimize and precision != "fp32":
+            raise MoEFusionError("precision other than fp32 needs optimize=True")
+        self._runner: torch.nn.Module = (
+            FastMoEFusion(self.model, precision).eval() if optimize else self.model
+        )
 
     # -------------------------------------------------------------- constructors
     @classmethod
-    def from_file(cls, path: str | Path, device: str | torch.device = "auto") -> Fuser:
-        """Load safetensors weights written by ``save_weights`` / ``moefusion train``."""
+    def from_file(
+        cls, path: str | Path, device: str | torch.device = "auto", **kwargs: Any
+    ) -> Fuser:
+        """Load safetensors weights written by ``save_weights`` / ``moefusion train``
+        (``kwargs``: ``precision``, ``optimize``)."""
         from moefusion.weights import load_weights
 
         dev = resolve_device(device)
-        return cls(load_weights(path, device=dev), dev)
+        return cls(load_weights(path, device=dev), dev, **kwargs)
 
     @classmethod
-    def pretrained(cls, device: str | torch.device = "auto") -> Fuser:
-        """The weights bundled with this package.
+    def pretrained(cls, device: str | torch.device = "auto", **kwargs: Any) -> Fuser:
+        """The weights bundled with this package (``kwargs`` as :meth:`from_file`).
 
         Raises:
             MoEFusionError: this build ships no weights.
@@ -237,7 +262,7 @@ class Fuser:
                 "this moefusion build has no bundled weights; use Fuser.from_file(PATH) "
                 "with a .safetensors file written by `moefusion train` or save_weights()"
             )
-        return cls.from_file(path, device)
+        return cls.from_file(path, device, **kwargs)
 
     # ---------------------------------------------------------------------- API
     def fuse(
@@ -408,7 +433,7 @@ class Fuser:
         return [r for r in results if r is not None]
 
     def _forward(self, ir: Tensor, vi: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        out = self.model(ir.to(self.device), vi.to(self.device))
+        out = self._runner(ir.to(self.device), vi.to(self.device))
         return out.fused, out.attention, out.gates
 
     @torch.inference_mode()

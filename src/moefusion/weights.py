@@ -7,15 +7,18 @@ heads) and, in its metadata, the model config as JSON under ``"moefusion_config"
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from moefusion.atomic import atomic_path
 from moefusion.errors import MoEFusionError
@@ -39,7 +42,12 @@ def save_weights(
         MoEFusionError: a weight is NaN or infinite (such a file could only fuse garbage).
     """
     path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.inference_state_dict().items()}
+    # own copies: safetensors refuses tensors that share memory (a model from
+    # load_weights keeps its parameters in one buffer)
+    state = {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in model.inference_state_dict().items()
+    }
     check_finite(state, f"model to be saved as {path}")
     meta = {CONFIG_KEY: json.dumps(model.config.to_dict()), "format": "moefusion-inference-v1"}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
@@ -50,6 +58,15 @@ def save_weights(
 
 def check_finite(state: Mapping[str, torch.Tensor], origin: str) -> None:
     """Raise :class:`MoEFusionError` naming the tensors that hold NaN or infinite values."""
+    floats = [v for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if not floats:
+        return
+    # one call over all tensors (a norm is finite unless some value is NaN/inf, or it
+    # overflows); the per-tensor search only when that fails
+    with torch.no_grad():
+        norms = torch._foreach_norm([v.detach() for v in floats])
+    if bool(torch.isfinite(torch.stack(norms)).all()):
+        return
     bad = [
         k
         for k, v in state.items()
@@ -66,21 +83,6 @@ def check_finite(state: Mapping[str, torch.Tensor], origin: str) -> None:
         )
 
 
-def _check_shapes(model: MoEFusion, state: Mapping[str, torch.Tensor], path: Path) -> None:
-    own = model.state_dict()
-    wrong = [
-        f"{k} is {list(v.shape)} but the model needs {list(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if wrong:
-        more = f" (+{len(wrong) - _LISTED} more)" if len(wrong) > _LISTED else ""
-        raise MoEFusionError(
-            f"weights file {path} does not match the model config in its own metadata: "
-            f"{len(wrong)} tensor(s) have the wrong shape ({'; '.join(wrong[:_LISTED])}{more})"
-        )
-
-
 def read_metadata(path: str | Path) -> dict[str, str]:
     from safetensors import safe_open
 
@@ -94,7 +96,13 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def load_weights(path: str | Path, *, device: str | torch.device = "cpu") -> MoEFusion:
-    """Build the model described by the file's metadata and load its weights (eval mode)."""
+    """Build the model described by the file's metadata and load its weights (eval mode).
+
+    The model is built on the meta device (no memory, no random initialisation that the
+    weights would overwrite) with the torchvision-free backbones of
+    :mod:`moefusion.models.backbones` (same keys and outputs as torchvision's, without
+    importing torchvision), and the file's tensors become its parameters.
+    """
     path = Path(path)
     if not path.is_file():
         raise MoEFusionError(f"weights file not found: {path}")
@@ -111,7 +119,8 @@ def load_weights(path: str | Path, *, device: str | torch.device = "cpu") -> MoE
         raise MoEFusionError(
             f"weights file {path}: bad model config in its metadata: {msg}"
         ) from exc
-    model = MoEFusion(config, with_heads=False)
+    with torch.device("meta"), _skip_init():
+        model = MoEFusion(config, with_heads=False, lean_backbones=True)
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
@@ -119,17 +128,132 @@ def load_weights(path: str | Path, *, device: str | torch.device = "cpu") -> MoE
             f"cannot read weights file {path} (truncated or corrupt?): {exc}"
         ) from exc
     check_finite(state, f"weights file {path}")
-    _check_shapes(model, state, path)
     try:
-        model.load_inference_state_dict(state)
+        _assign(model, state, path)
+        _materialize(model)
     except MoEFusionError as exc:
         raise MoEFusionError(f"weights file {path}: {exc}") from exc
-    except RuntimeError as exc:  # anything load_state_dict still refuses
-        first = str(exc).strip().splitlines()
-        raise MoEFusionError(
-            f"weights file {path} does not fit the model: {first[-1] if first else exc}"
-        ) from exc
     return model.to(device).eval()
+
+
+_init_lock = threading.Lock()
+_init_local = threading.local()
+
+
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    """Module construction without the default initialisation (``reset_parameters`` of
+    convolutions, linears and batch norms) in this thread: for a model built on the
+    meta device whose weights are then loaded, initialising is only Python overhead.
+    Other threads constructing modules meanwhile initialise them as usual."""
+    classes = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase)
+
+    def skipping(original: Callable[[nn.Module], None]) -> Callable[[nn.Module], None]:
+        def reset_parameters(self: nn.Module) -> None:
+            if not getattr(_init_local, "skip", False):
+                original(self)
+
+        return reset_parameters
+
+    with _init_lock:
+        saved = [(c, c.__dict__["reset_parameters"]) for c in classes]
+        for c, method in saved:
+            c.reset_parameters = skipping(method)  # type: ignore[method-assign]
+        _init_local.skip = True
+        try:
+            yield
+        finally:
+            _init_local.skip = False
+            for c, method in saved:
+                c.reset_parameters = method  # type: ignore[method-assign]
+
+
+def _assign(model: MoEFusion, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Make ``state``'s tensors ``model``'s parameters and buffers (``load_state_dict(...,
+    assign=True)`` for a meta-device model, with the checks it needs and without its
+    per-module overhead): every key must exist with the same shape, none may be missing.
+
+    safetensors' tensors sit at arbitrary (4-byte) offsets; some CPU kernels round
+    differently on such data, so the float tensors are copied to 64-byte aligned places
+    (:func:`_aligned_copies`), and the results are bit for bit those of a model whose
+    parameters were copied into.
+    """
+    modules = dict(model.named_modules())
+    slots: dict[str, tuple[nn.Module, str, bool]] = {}
+    for name, module in modules.items():
+        prefix = f"{name}." if name else ""
+        for leaf, t in module._parameters.items():
+            if t is not None:
+                slots[prefix + leaf] = (module, leaf, True)
+        for leaf, t in module._buffers.items():
+            if t is not None and leaf not in module._non_persistent_buffers_set:
+                slots[prefix + leaf] = (module, leaf, False)
+    unexpected = [k for k in state if k not in slots]
+    missing = [k for k in slots if k not in state]
+    if unexpected or missing:
+        raise MoEFusionError(
+            f"weights do not match the model config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    wrong = []
+    for k, v in state.items():
+        module, leaf, _ = slots[k]
+        own = (module._parameters if slots[k][2] else module._buffers)[leaf]
+        assert own is not None
+        if tuple(own.shape) != tuple(v.shape):
+            wrong.append(f"{k} is {list(v.shape)} but the model needs {list(own.shape)}")
+    if wrong:
+        more = f" (+{len(wrong) - _LISTED} more)" if len(wrong) > _LISTED else ""
+        raise MoEFusionError(
+            f"the file does not match the model config in its own metadata: "
+            f"{len(wrong)} tensor(s) have the wrong shape ({'; '.join(wrong[:_LISTED])}{more})"
+        )
+    floats = [k for k, v in state.items() if v.dtype == torch.float32]
+    copies = dict(zip(floats, _aligned_copies([state[k] for k in floats]), strict=True))
+    for k, v in state.items():
+        module, leaf, is_param = slots[k]
+        value = copies.get(k, v)  # the rest: BatchNorm counters, unused at inference
+        if is_param:
+            old = module._parameters[leaf]
+            assert old is not None
+            module._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad)
+        else:
+            module._buffers[leaf] = value
+
+
+#: alignment of every copied tensor, in float32 elements (64 bytes, a cache line)
+_ALIGN = 16
+
+
+def _aligned_copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of float32 ``tensors`` in one buffer, each starting on a 64-byte boundary
+    (one concatenation instead of a copy per tensor)."""
+    if not tensors:
+        return []
+    pad = torch.zeros(_ALIGN)
+    pieces: list[torch.Tensor] = []
+    offsets = []
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        offsets.append(offset)
+        pieces.append(t.reshape(-1))
+        extra = -n % _ALIGN
+        if extra:
+            pieces.append(pad[:extra])
+        offset += n + extra
+    flat = torch.cat(pieces)
+    return [flat[o : o + t.numel()].view(t.shape) for o, t in zip(offsets, tensors, strict=True)]
+
+
+def _materialize(model: MoEFusion) -> None:
+    """After loading into a meta-device model: recreate its constants; anything else
+    still on the meta device was missing from the file."""
+    model.attention.reset_constants()
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        more = f" (+{len(left) - _LISTED} more)" if len(left) > _LISTED else ""
+        raise MoEFusionError(f"missing tensor(s) {', '.join(left[:_LISTED])}{more}")
 
 
 def bundled_weights_path() -> Path | None:

@@ -131,7 +131,7 @@ class ShardedRun:
             torch.set_num_threads(cpu_threads(args.devices))
         rank, world = fabric.global_rank, fabric.world_size
         shard = list(todo[rank::world])
-        fuser = Fuser.from_file(weights, device=fabric.device)
+        fuser = Fuser.from_file(weights, device=fabric.device, precision=args.precision)
         info = _all_gather((torch.get_num_threads(), str(fabric.device), len(shard)))
         if rank == 0:
             backend = torch.distributed.get_backend()

@@ -445,6 +445,14 @@ def _to_u8(img01: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(arr * 255.0 + 0.5), 0, 255).astype(np.uint8)
 
 
+def _format_for(ext: str) -> str | None:
+    """PIL's format name for a file extension. The common formats (PNG, JPEG, BMP, GIF,
+    PPM) are known after ``Image.preinit()``; only other extensions load every PIL
+    plugin (``registered_extensions``, ~0.1-0.2 s of start-up)."""
+    Image.preinit()
+    return Image.EXTENSION.get(ext) or Image.registered_extensions().get(ext)
+
+
 def save_image_atomic(path: str | Path, image: np.ndarray | Image.Image) -> Path:
     """Save an array or PIL image to ``path`` (format from the extension) atomically.
 
@@ -457,7 +465,7 @@ def save_image_atomic(path: str | Path, image: np.ndarray | Image.Image) -> Path
     from moefusion.atomic import atomic_path
 
     p = Path(path)
-    fmt = Image.registered_extensions().get(p.suffix.lower())
+    fmt = _format_for(p.suffix.lower())
     if fmt is None:
         raise MoEFusionError(f"cannot save image {p}: unknown image extension {p.suffix!r}")
     im = image if isinstance(image, Image.Image) else Image.fromarray(image)

@@ -5,16 +5,14 @@ See ``docs/architecture.md`` for the data path and how each part maps to the pap
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from moefusion.models.attention import (
     LEVELS,
     AttentionDetectors,
     AttentionFuse,
     CrossModalMixing,
     SpatialAttention,
-    build_backbone,
-    build_roi_heads,
-    build_rpn,
-    fpn_finest_level,
 )
 from moefusion.models.config import (
     BACKBONES,
@@ -60,6 +58,27 @@ from moefusion.models.mole import (
     num_visible_experts,
     route_by_modality,
 )
+
+if TYPE_CHECKING:
+    from moefusion.models.detector_parts import (
+        build_backbone,
+        build_roi_heads,
+        build_rpn,
+        fpn_finest_level,
+    )
+
+#: torchvision-based builders, imported on first use (importing torchvision takes
+#: seconds; inference from a weights file never needs it)
+_DETECTOR_PARTS = ("build_backbone", "build_roi_heads", "build_rpn", "fpn_finest_level")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DETECTOR_PARTS:
+        from moefusion.models import detector_parts
+
+        return getattr(detector_parts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BACKBONES",

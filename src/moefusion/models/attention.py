@@ -25,30 +25,48 @@ torchvision's batching) to a multiple of 32. There is no resizing, so boxes are 
 pixels. At inference (no targets) only what the stride-4 map needs is computed: the
 backbone, the FPN's top-down path and its finest output conv, the level-0 mixing and
 attention modules; RPN and RoI heads are not run.
+
+torchvision is imported only to build its backbones or the heads: a model loaded from a
+weights file uses the lean backbones of :mod:`moefusion.models.backbones` (same keys,
+same outputs), so inference never pays for importing torchvision.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection.image_list import ImageList
 
+from moefusion.models.backbones import LEVELS, build_lean_backbone
 from moefusion.models.config import DetectorConfig
 
-# The torchvision plumbing (backbones, weight loading, heads) lives in detector_parts;
-# these names are re-exported here for code that imports them from this module.
-from moefusion.models.detector_parts import (
-    LEVELS,
-    build_backbone,
-    build_roi_heads,
-    build_rpn,
-    fpn_finest_level,
-)
+# The torchvision plumbing (backbones, weight loading, heads) lives in detector_parts,
+# imported only when needed: importing torchvision costs seconds, and inference from a
+# weights file does not need it (lean backbones, moefusion.models.backbones). These
+# names are re-exported here, lazily, for code that imports them from this module.
+_DETECTOR_PARTS = ("build_backbone", "build_roi_heads", "build_rpn", "fpn_finest_level")
+
+if TYPE_CHECKING:
+    from moefusion.models.detector_parts import (
+        build_backbone,
+        build_roi_heads,
+        build_rpn,
+        fpn_finest_level,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DETECTOR_PARTS:
+        from moefusion.models import detector_parts
+
+        return getattr(detector_parts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "HEAD_PREFIXES",
@@ -147,6 +165,16 @@ class AttentionFuse(nn.Module):
         return self.convs(torch.cat([a_vis, a_ir], dim=1)).amax(dim=1, keepdim=True)
 
 
+def _finest_level(backbone: nn.Module, x: Tensor) -> Tensor:
+    """The stride-4 FPN level alone, from a lean or a torchvision backbone."""
+    finest = getattr(backbone, "finest_level", None)
+    if finest is not None:
+        return finest(x)
+    from moefusion.models.detector_parts import fpn_finest_level
+
+    return fpn_finest_level(backbone, x)
+
+
 @contextlib.contextmanager
 def _training_heads(modules: Sequence[nn.Module]) -> Iterator[None]:
     """Run RPN/RoI heads in training mode (loss computation) whatever the model's mode.
@@ -192,19 +220,36 @@ class AttentionDetectors(nn.Module):
             ``attention_fuse="conv"`` the fuse convs are still trained by the fusion loss.
         with_heads: build the RPN and RoI heads (needed for detection losses and
             :meth:`detect`; inference-only models can leave them out).
+        lean_backbones: build the backbones + FPNs from plain torch layers
+            (:mod:`moefusion.models.backbones`: same keys and outputs, torchvision is
+            not imported) instead of torchvision's. They are not initialised like
+            torchvision's: for models whose weights are loaded (``load_weights``), not
+            for training from scratch. Needs ``with_heads=False``.
 
     Submodules: ``backbones[m]`` (backbone + FPN), ``cross[level]``, ``spatial[m][level]``,
     ``fuse``; heads ``rpn[m]`` and ``roi_heads[m]``, ``m`` in ``("vis", "ir")``.
     """
 
     def __init__(
-        self, config: DetectorConfig, *, detach: bool = True, with_heads: bool = True
+        self,
+        config: DetectorConfig,
+        *,
+        detach: bool = True,
+        with_heads: bool = True,
+        lean_backbones: bool = False,
     ) -> None:
         super().__init__()
+        if lean_backbones and with_heads:
+            raise ValueError("lean backbones are for inference models (with_heads=False)")
         self.config = config
         self.detach = detach
         channels = config.fpn_channels
-        self.backbones = nn.ModuleDict({m: build_backbone(config) for m in MODALITIES})
+        build: Callable[[DetectorConfig], nn.Module] = build_lean_backbone
+        if not lean_backbones:
+            from moefusion.models.detector_parts import build_backbone
+
+            build = build_backbone
+        self.backbones = nn.ModuleDict({m: build(config) for m in MODALITIES})
         self.cross = nn.ModuleDict({lvl: CrossModalMixing(channels) for lvl in LEVELS})
         self.spatial = nn.ModuleDict(
             {
@@ -216,10 +261,19 @@ class AttentionDetectors(nn.Module):
         self.rpn: nn.ModuleDict | None = None
         self.roi_heads: nn.ModuleDict | None = None
         if with_heads:
+            from moefusion.models.detector_parts import build_roi_heads, build_rpn
+
             self.rpn = nn.ModuleDict({m: build_rpn(config) for m in MODALITIES})
             self.roi_heads = nn.ModuleDict({m: build_roi_heads(config) for m in MODALITIES})
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.reset_constants()
+
+    def reset_constants(self, device: torch.device | str | None = None) -> None:
+        """(Re)create the normalisation constants (non-persistent buffers: a model built
+        on the meta device gets them back after its weights are loaded)."""
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
     @property
     def has_heads(self) -> bool:
@@ -249,7 +303,7 @@ class AttentionDetectors(nn.Module):
         """Attended features and attention maps per modality for ``levels``."""
         if tuple(levels) == ("0",):
             pyramid = {
-                m: {"0": fpn_finest_level(self.backbones[m], x)}
+                m: {"0": _finest_level(self.backbones[m], x)}
                 for m, x in (("vis", x_vis), ("ir", x_ir))
             }
         else:
@@ -318,6 +372,8 @@ class AttentionDetectors(nn.Module):
         def pick(t: Tensor) -> Tensor:
             return t.index_select(0, index) if subset else t
 
+        from torchvision.models.detection.image_list import ImageList
+
         images = ImageList(pick(x_vis), [(height, width)] * len(labelled))
         prepared = [
             prepare_target(targets[i], self.config.num_classes, ir.device) for i in labelled
@@ -344,6 +400,8 @@ class AttentionDetectors(nn.Module):
         assert self.rpn is not None and self.roi_heads is not None
         self._check_pair(ir, vi)
         height, width = ir.shape[-2:]
+        from torchvision.models.detection.image_list import ImageList
+
         was_training = self.training
         self.eval()
         try:

@@ -32,6 +32,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from moefusion.errors import ConfigError
+from moefusion.models.backbones import LEVELS
 from moefusion.models.config import DetectorConfig
 
 __all__ = [
@@ -48,8 +49,6 @@ __all__ = [
     "resnet_fpn_backbone",
 ]
 
-#: FPN level names (strides 4, 8, 16, 32, 64); level "0" gives the attention map.
-LEVELS: tuple[str, ...] = ("0", "1", "2", "3", "pool")
 #: Normalisation layers of the backbones: trainable BatchNorm, frozen BatchNorm (for
 #: ImageNet weights), GroupNorm with 32 groups.
 NORMS: tuple[str, ...] = ("bn", "frozen_bn", "group")

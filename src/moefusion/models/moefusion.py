@@ -176,6 +176,8 @@ class MoEFusion(nn.Module):
         config: model configuration.
         with_heads: build the detectors' RPN/RoI heads (training, :meth:`detect`);
             inference-only models may leave them out.
+        lean_backbones: torchvision-free backbones for a model whose weights are then
+            loaded (see :class:`AttentionDetectors`; needs ``with_heads=False``).
 
     Attributes:
         config: the :class:`MoEFusionConfig`.
@@ -188,11 +190,16 @@ class MoEFusion(nn.Module):
     saving or measuring.
     """
 
-    def __init__(self, config: MoEFusionConfig, *, with_heads: bool = True) -> None:
+    def __init__(
+        self, config: MoEFusionConfig, *, with_heads: bool = True, lean_backbones: bool = False
+    ) -> None:
         super().__init__()
         self.config = config
         self.attention = AttentionDetectors(
-            config.detector, detach=config.detach_attention, with_heads=with_heads
+            config.detector,
+            detach=config.detach_attention,
+            with_heads=with_heads,
+            lean_backbones=lean_backbones,
         )
         self.fusion = FusionNetwork.from_config(config)
 
@@ -214,14 +221,16 @@ class MoEFusion(nn.Module):
         prefixes = tuple(f"attention.{p}" for p in HEAD_PREFIXES)
         return {k: v for k, v in self.state_dict().items() if not k.startswith(prefixes)}
 
-    def load_inference_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_inference_state_dict(self, state: Mapping[str, Any], *, assign: bool = False) -> None:
         """Load :meth:`inference_state_dict` output (heads, if built, keep their values).
+        ``assign``: take the tensors themselves instead of copying into the parameters
+        (``load_state_dict(assign=True)``; a model built on the meta device needs it).
 
         Raises:
             ConfigError: a non-head key is missing or an unexpected key is present.
         """
         prefixes = tuple(f"attention.{p}" for p in HEAD_PREFIXES)
-        result = self.load_state_dict(state, strict=False)
+        result = self.load_state_dict(state, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if not k.startswith(prefixes)]
         if missing or result.unexpected_keys:
             raise ConfigError(
