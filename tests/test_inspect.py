@@ -32,10 +32,12 @@ def test_inspection_matches_the_fuser_and_its_experts_recombine(make_tiny_model,
     ir, vi = pair.ir[:96, :128], pair.vi[:96, :128]
     ins = inspect_pair(model, ir, vi)
     expected = Fuser(model, device="cpu").fuse(ir, vi, return_details=True)
-    np.testing.assert_array_equal(ins.fused, expected.fused)
-    np.testing.assert_array_equal(ins.attention, expected.attention)
+    # the Fuser runs a folded copy of the network (docs/fuse.md): equal up to rounding
+    np.testing.assert_allclose(ins.fused, expected.fused, atol=1e-5)
+    np.testing.assert_allclose(ins.attention, expected.attention, atol=1e-5)
     for name, gates in expected.gates.items():
-        np.testing.assert_array_equal(ins.gates[name], gates)
+        np.testing.assert_allclose(ins.gates[name], gates, atol=1e-5)
+        assert (ins.gates[name] > 0).tolist() == (gates > 0).tolist()
         assert len(ins.selected(name)) == model.config.top_k
     n = model.config.num_experts
     assert ins.local_experts["mole_fg"].shape == (n, 96, 128)

@@ -6,7 +6,8 @@ learned (the paper's Fig. 6 for MoLE) and what each global expert would have dec
 its own. :func:`save_inspection` draws the figures.
 
 Only the experts' outputs are extra work; the fused image is the model's own output
-(bit-identical to :meth:`moefusion.Fuser.fuse` on the same pair, untiled).
+(that of :meth:`moefusion.Fuser.fuse` on the same pair, untiled, up to float rounding:
+the Fuser runs a folded copy of the network).
 """
 
 from __future__ import annotations
