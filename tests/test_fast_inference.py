@@ -202,6 +202,8 @@ def test_precision_checks() -> None:
         check_precision("fp16", cpu)
     with pytest.raises(MoEFusionError, match="precision"):
         check_precision("int8", cpu)
+    with pytest.raises(MoEFusionError, match="bf16"):
+        check_precision("bf16", torch.device("mps"))
 
 
 # --------------------------------------------------- tolerance on the bundled samples

@@ -58,12 +58,15 @@ def check_precision(precision: str, device: torch.device) -> str:
     """``precision`` if the device can run it.
 
     Raises:
-        MoEFusionError: unknown precision, or fp16 on a device other than CUDA.
+        MoEFusionError: unknown precision, fp16 on a device other than CUDA, or bf16 on
+            one other than the CPU or CUDA.
     """
     if precision not in PRECISIONS:
         raise MoEFusionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp16" and device.type != "cuda":
         raise MoEFusionError(f"fp16 needs a CUDA device (got {device}); use bf16 on the CPU")
+    if precision == "bf16" and device.type not in ("cpu", "cuda"):
+        raise MoEFusionError(f"bf16 runs on the CPU or CUDA, not on {device}; use fp32")
     return precision
 
 
