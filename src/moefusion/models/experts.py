@@ -10,7 +10,7 @@ nothing) gives the same result and has no data-dependent control flow, for expor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -88,7 +88,11 @@ def _broadcast_weights(weights: Tensor, like: Tensor) -> Tensor:
 
 
 def combine_sparse(
-    experts: Sequence[nn.Module], inputs: Sequence[Tensor], gates: Tensor, combine: str = "linear"
+    experts: Sequence[nn.Module],
+    inputs: Sequence[Tensor],
+    gates: Tensor,
+    combine: str = "linear",
+    run: Callable[[nn.Module, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Gate-weighted sum of expert outputs, each expert run only on the samples that chose it.
 
@@ -99,6 +103,8 @@ def combine_sparse(
         experts: N modules with identical output shapes.
         inputs: N tensors ``[B, ...]``, ``inputs[i]`` is what expert ``i`` sees.
         gates: ``[B, N]``, zero for unselected experts.
+        run: ``run(expert, x)`` computes one expert's output (default ``expert(x)``);
+            the fast inference path passes its own (half precision, float32 result).
 
     Shapes:
         -> ``[B, ...]`` the experts' output shape.
@@ -111,7 +117,8 @@ def combine_sparse(
         if n == 0:
             continue
         full = n == batch  # common case (batch of 1 at inference): skip the gather/scatter
-        y = expert(inputs[i] if full else inputs[i].index_select(0, index))
+        x = inputs[i] if full else inputs[i].index_select(0, index)
+        y = expert(x) if run is None else run(expert, x)
         if combine == "log":
             y = y.exp()
         w = gates[:, i] if full else gates.index_select(0, index)[:, i]

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from moefusion.errors import MoEFusionError
 from moefusion.models.encoder import DenseEncoder
-from moefusion.models.experts import ExpertMixture, GlobalExpert, LocalExpert
+from moefusion.models.experts import ExpertMixture, GlobalExpert, LocalExpert, combine_sparse
 from moefusion.models.moefusion import MoEFusion, MoEFusionOutput
 from moefusion.models.moge import MixtureOfGlobalExperts
 from moefusion.models.mole import MixtureOfLocalExperts, route_by_modality
@@ -218,29 +218,9 @@ def _combine(
     gates: Tensor,
     run: Callable[[nn.Module, Tensor], Tensor],
 ) -> Tensor:
-    """``sum_i g_i E_i(x_i)`` over the experts with non-zero weight (as
-    ``combine_sparse`` with linear combination), accumulated in float32."""
-    batch = gates.shape[0]
-    out: Tensor | None = None
-    for i, expert in enumerate(experts):
-        index = torch.nonzero(gates[:, i] > 0).squeeze(1)
-        n = index.numel()
-        if n == 0:
-            continue
-        full = n == batch
-        x = inputs[i] if full else inputs[i].index_select(0, index)
-        y = run(expert, x).float()
-        w = (gates[:, i] if full else gates.index_select(0, index)[:, i]).float()
-        contribution = w.view(-1, *([1] * (y.dim() - 1))) * y
-        if full:
-            out = contribution if out is None else out + contribution
-        else:
-            if out is None:
-                out = y.new_zeros((batch, *y.shape[1:]))
-            out = out.index_add(0, index, contribution)
-    if out is None:
-        raise ValueError("no expert was selected by any sample (gates are all zero)")
-    return out
+    """``sum_i g_i E_i(x_i)`` over the experts with non-zero weight: ``combine_sparse``
+    (linear) with ``run`` for the experts, accumulated in float32."""
+    return combine_sparse(experts, inputs, gates, "linear", lambda e, x: run(e, x).float())
 
 
 class FastMoEFusion(nn.Module):
