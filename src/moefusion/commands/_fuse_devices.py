@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from moefusion.errors import MoEFusionError
 
 if TYPE_CHECKING:
-    from moefusion.commands.fuse import GateLog, Job
+    from moefusion.commands._fuse_images import GateLog, Job
     from moefusion.data import PairResize
 
 __all__ = ["ShardedRun", "cpu_threads"]
@@ -117,6 +117,7 @@ class ShardedRun:
         from tqdm import tqdm
 
         from moefusion.commands import fuse
+        from moefusion.commands._fuse_images import RunState, fuse_jobs
         from moefusion.fuser import Fuser
 
         args = self.args
@@ -143,7 +144,7 @@ class ShardedRun:
                 + (f"; {skipped} pair(s) skipped (outputs exist)" if skipped else ""),
                 file=sys.stderr,
             )
-        state = fuse._RunState(messages=[])
+        state = RunState(messages=[])
         figure_rows: list[Any] | None = [] if draw_figure else None
         bar = tqdm(
             total=len(jobs),
@@ -153,7 +154,7 @@ class ShardedRun:
             disable=args.no_progress or rank != 0,
         )
         quiet = tqdm(disable=True)  # the per-rank updates: rank 0 draws the totals
-        steps = fuse._fuse_jobs(fuser, shard, resize, args, gate_log, figure_rows, state, quiet)
+        steps = fuse_jobs(fuser, shard, resize, args, gate_log, figure_rows, state, quiet)
         start = time.perf_counter()
         finished, total_done, total_failed, reported = False, 0, 0, 0
         try:
