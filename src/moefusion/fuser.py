@@ -34,6 +34,9 @@ from PIL import Image
 from torch import Tensor
 
 from moefusion.data import colorize, decode_pil, same_size_batches, to_gray, to_unit_float
+
+# one device resolver for the API and the commands (re-exported for `from moefusion.fuser`)
+from moefusion.devices import resolve_device
 from moefusion.errors import MoEFusionError, PairError
 from moefusion.models import MoEFusion
 from moefusion.models.inference import FastMoEFusion, check_precision
@@ -83,39 +86,6 @@ class FusionResult:
     color: np.ndarray | None = None
     tiles: int = 1
     tile_gates: list[dict[str, np.ndarray]] = field(default_factory=list)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
-    ``"mps"`` (and other names) as :class:`torch.device`.
-
-    Raises:
-        MoEFusionError: unknown device name, or a cuda / mps device that is not available.
-    """
-    if isinstance(device, torch.device):
-        dev = device
-    elif device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise MoEFusionError(
-                f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps"
-            ) from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise MoEFusionError(
-                f"device {dev} requested but CUDA is not available; use --device cpu"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise MoEFusionError(
-                f"device {dev} requested but only {torch.cuda.device_count()} CUDA device(s) "
-                "are visible"
-            )
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise MoEFusionError("device mps requested but MPS is not available; use --device cpu")
-    return dev
 
 
 # ----------------------------------------------------------------------------- inputs
