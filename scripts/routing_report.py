@@ -83,10 +83,7 @@ def main() -> None:
         "| mixture | result |",
         "|---|---|",
     ]
-    for mixture, title in MIXTURES.items():
-        t = permutation_test(msrs_gates[mixture], light, permutations=args.permutations)
-        results["day_vs_night_msrs"][mixture] = _json(t)
-        lines.append(f"| {title} | {describe(t)} |")
+    lines += _test_rows(msrs_gates, light, args.permutations, results["day_vs_night_msrs"])
     lines += [
         "",
         f"## Across datasets (the {len(labels)} held-out pairs)",
@@ -94,10 +91,7 @@ def main() -> None:
         "| mixture | result |",
         "|---|---|",
     ]
-    for mixture, title in MIXTURES.items():
-        t = permutation_test(held[mixture], labels, permutations=args.permutations)
-        results["datasets_heldout"][mixture] = _json(t)
-        lines.append(f"| {title} | {describe(t)} |")
+    lines += _test_rows(held, labels, args.permutations, results["datasets_heldout"])
     lines.append("")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "routing.md").write_text("\n".join(lines))
@@ -119,3 +113,15 @@ def _json(t: RoutingTest) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+def _test_rows(
+    gates: dict[str, np.ndarray], labels: list, permutations: int, results: dict[str, dict]
+) -> list[str]:
+    """One table row per mixture: the permutation test of ``gates`` against ``labels``."""
+    rows = []
+    for mixture, title in MIXTURES.items():
+        t = permutation_test(gates[mixture], labels, permutations=permutations)
+        results[mixture] = _json(t)
+        rows.append(f"| {title} | {describe(t)} |")
+    return rows

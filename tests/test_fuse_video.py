@@ -55,6 +55,12 @@ def _sample_frames(n: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(cv2.resize(vi[:, 2 * i : 2 * i + 400], (W, H))) for i in range(n)]
 
 
+def _sample_videos(folder: Path, n: int) -> tuple[Path, Path]:
+    """The same n sample frames as an infrared and a visible video (8 fps)."""
+    frames = _sample_frames(n)
+    return _write_video(folder / "ir.mp4", frames, 8), _write_video(folder / "vi.mp4", frames, 8)
+
+
 @pytest.fixture(scope="module")
 def tno_videos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tno-videos")
@@ -240,9 +246,7 @@ def test_unreadable_video_is_one_line(
 def test_video_options_checked(
     tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    frames = _sample_frames(2)
-    ir = _write_video(tmp_path / "ir.mp4", frames, 8)
-    vi = _write_video(tmp_path / "vi.mp4", frames, 8)
+    ir, vi = _sample_videos(tmp_path, 2)
     out = tmp_path / "out"
     cases = [
         (("--temporal-smoothing", "1.5"), "--temporal-smoothing must be in [0, 1)"),
@@ -265,9 +269,7 @@ def test_video_options_checked(
 def test_existing_output_needs_overwrite(
     tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    frames = _sample_frames(2)
-    ir = _write_video(tmp_path / "ir.mp4", frames, 8)
-    vi = _write_video(tmp_path / "vi.mp4", frames, 8)
+    ir, vi = _sample_videos(tmp_path, 2)
     out = tmp_path / "out"
     assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", out) == 0
     before = (out / "ir.mp4").read_bytes()
@@ -285,9 +287,7 @@ def test_interrupted_run_leaves_no_file(
 ) -> None:
     from moefusion.fuser import Fuser
 
-    frames = _sample_frames(5)
-    ir = _write_video(tmp_path / "ir.mp4", frames, 8)
-    vi = _write_video(tmp_path / "vi.mp4", frames, 8)
+    ir, vi = _sample_videos(tmp_path, 5)
     real = Fuser.fuse_arrays
     calls = []
 

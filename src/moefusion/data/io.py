@@ -99,16 +99,23 @@ def read_image(path: str | Path) -> np.ndarray:
     except ImageReadError:
         raise
     except _PIL_ERRORS as exc:
-        # Files PIL cannot identify, and TIFF compressions it lacks, may still decode in
-        # OpenCV. Other decode failures (truncated JPEG/PNG) must not: OpenCV can return
-        # a partly grey image for those instead of failing.
-        if not (isinstance(exc, UnidentifiedImageError) or fmt == "TIFF"):
-            raise ImageReadError(f"cannot read image {p}: {exc}") from exc
-        try:
-            arr = _read_with_opencv(p)
-        except ImageReadError:
-            raise ImageReadError(f"cannot read image {p}: {exc}") from exc
+        arr = _opencv_fallback(p, fmt, exc)
     return np.ascontiguousarray(arr)
+
+
+def _opencv_fallback(p: Path, fmt: str | None, exc: Exception) -> np.ndarray:
+    """The image OpenCV decodes where PIL failed with ``exc``, or :class:`ImageReadError`.
+
+    Files PIL cannot identify, and TIFF compressions it lacks, may still decode in OpenCV.
+    Other decode failures (a truncated JPEG/PNG) must not: OpenCV can return a partly grey
+    image for those, with a stray warning of its own on stderr, instead of failing.
+    """
+    if not (isinstance(exc, UnidentifiedImageError) or fmt == "TIFF"):
+        raise ImageReadError(f"cannot read image {p}: {exc}") from exc
+    try:
+        return _read_with_opencv(p)
+    except ImageReadError:
+        raise ImageReadError(f"cannot read image {p}: {exc}") from exc
 
 
 def _needs_opencv(im: Image.Image, path: Path) -> bool:
@@ -217,15 +224,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
             width, height = im.size
             orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
     except _PIL_ERRORS as exc:
-        # Rare formats only OpenCV decodes: pay for a full decode rather than fail. As in
-        # read_image, not for damaged files PIL knows (a truncated PNG): OpenCV would
-        # only decode part of it, with a stray warning of its own on stderr.
-        if not (isinstance(exc, UnidentifiedImageError) or fmt == "TIFF"):
-            raise ImageReadError(f"cannot read image {p}: {exc}") from exc
-        try:
-            arr = _read_with_opencv(p)
-        except ImageReadError:
-            raise ImageReadError(f"cannot read image {p}: {exc}") from exc
+        # rare formats only OpenCV decodes: pay for a full decode rather than fail
+        arr = _opencv_fallback(p, fmt, exc)
         return int(arr.shape[1]), int(arr.shape[0])
     if orientation in _ROTATING_ORIENTATIONS:
         width, height = height, width
