@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -47,25 +46,8 @@ from moefusion.models.config import DetectorConfig
 
 # The torchvision plumbing (backbones, weight loading, heads) lives in detector_parts,
 # imported only when needed: importing torchvision costs seconds, and inference from a
-# weights file does not need it (lean backbones, moefusion.models.backbones). These
-# names are re-exported here, lazily, for code that imports them from this module.
-_DETECTOR_PARTS = ("build_backbone", "build_roi_heads", "build_rpn", "fpn_finest_level")
-
-if TYPE_CHECKING:
-    from moefusion.models.detector_parts import (
-        build_backbone,
-        build_roi_heads,
-        build_rpn,
-        fpn_finest_level,
-    )
-
-
-def __getattr__(name: str) -> Any:
-    if name in _DETECTOR_PARTS:
-        from moefusion.models import detector_parts
-
-        return getattr(detector_parts, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# weights file does not need it (lean backbones, moefusion.models.backbones). The package
+# `moefusion.models` re-exports its builders.
 
 
 __all__ = [
@@ -80,10 +62,6 @@ __all__ = [
     "CrossModalMixing",
     "SpatialAttention",
     "Target",
-    "build_backbone",
-    "build_roi_heads",
-    "build_rpn",
-    "fpn_finest_level",
     "prepare_target",
 ]
 
