@@ -277,13 +277,15 @@ def test_cli_end_to_end_then_reuse_detector(tmp_path: Path, monkeypatch, capsys)
         assert (out / name).is_file(), name
     table = json.loads((out / "table.json").read_text())
     assert [r["input"] for r in table["rows"]] == ["Visible", "Infrared", "avg", "ir2"]
-    assert table["classes"] == CLASSES and table["meta"]["n_test_pairs"] == 2
+    # the config's class order, the same as the fusion training configs'
+    assert table["classes"] == ["person", "car", "bicycle"]
+    assert table["meta"]["n_test_pairs"] == 2
     assert (out / "table.csv").read_text().splitlines()[
         0
-    ] == "input,car,person,bicycle,mAP,n_images"
+    ] == "input,person,car,bicycle,mAP,n_images"
     assert "| Visible |" in (out / "table.md").read_text()
     info = json.loads((out / "detector.json").read_text())
-    assert info["classes"] == CLASSES and info["config"]["seed"] == 3
+    assert info["classes"] == table["classes"] and info["config"]["seed"] == 3
     assert info["train_pairs"] == [f"toytrain/t{i}" for i in range(4)]
 
     def no_training(*a, **k):
@@ -426,7 +428,9 @@ def test_saved_config_without_image_size_uses_the_default(tmp_path: Path) -> Non
     det.write_bytes(b"")  # only the sidecar is read here
     info = {"format": de.DETECTOR_FORMAT, "classes": CLASSES, "config": {"data": {}}}
     det.with_suffix(".json").write_text(json.dumps(info))
-    cfg, read = de.effective_config(de.DetectConfig.from_dict({"data": {"image_size": 96}}), det)
+    cfg, read = de.effective_config(
+        de.DetectConfig.from_dict({"data": {"image_size": 96, "classes": CLASSES}}), det
+    )
     assert cfg.data.image_size == 512 and read is not None and read["classes"] == CLASSES
     with pytest.raises(MoEFusionError, match="trained for classes"):
         de.effective_config(de.DetectConfig.from_dict({"data": {"classes": ["car"]}}), det)

@@ -66,7 +66,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--classes",
         default=None,
         metavar="A,B,...",
-        help="class names in table order (default from the config: car,person,bicycle)",
+        help="class names in table order (default from the config: person,car,bicycle)",
     )
     p.add_argument(
         "--split",

@@ -152,7 +152,7 @@ class DataConfig(_Section):
         crop: random square training crop (pixels) after scaling; None: whole images.
     """
 
-    classes: tuple[str, ...] = ("car", "person", "bicycle")
+    classes: tuple[str, ...] = ("person", "car", "bicycle")
     class_map: dict[str, str] | None = None
     label_set: str | None = None
     image_size: int = 512

@@ -1,0 +1,98 @@
+"""Compare weights files on the split's **validation** part (never the held-out test part).
+
+    python scripts/compare_weights.py --weights A.safetensors B.safetensors [--names a b]
+
+For choosing which weights to ship: fuses the validation pairs of ``shared-data-v2`` (carved
+out of the training data) with each weights file and the five classical baselines,
+evaluates the eight paper metrics in the ``paper`` convention, and prints per dataset and
+over all validation pairs the means and, for each weights file, on how many of the eight
+metrics it is the best of all methods (each weights file ranked against the baselines
+alone, so the files do not take wins from each other). Nothing here trains anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+from moefusion import Fuser
+from moefusion.baselines import BASELINES, fuse_baseline
+from moefusion.data import dataset_pairs, load_pair, load_split, save_gray_u8
+from moefusion.evaluation import EvaluationResults, evaluate_folders, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _report_module():
+    """scripts/make_report.py, for its source linking, merging and best counts."""
+    spec = importlib.util.spec_from_file_location(
+        "make_report", ROOT / "scripts" / "make_report.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _only(res: EvaluationResults, keep: list[str]) -> EvaluationResults:
+    """``res`` restricted to the methods ``keep`` (same stems and conventions)."""
+    values = {c: {m: res.values[c][m] for m in keep} for c in res.conventions}
+    return EvaluationResults(res.conventions, tuple(keep), res.stems, values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, nargs="+", required=True)
+    parser.add_argument("--names", nargs="+", default=None, help="one label per weights file")
+    parser.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data")
+    parser.add_argument("--part", default="val", choices=("val",), help="split part (val only)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/moefusion-compare"))
+    args = parser.parse_args()
+    names = args.names or [w.stem for w in args.weights]
+    if len(names) != len(args.weights):
+        sys.exit("compare_weights: give one --names label per --weights file")
+    report = _report_module()
+    split = load_split(report.SPLIT)
+    fusers = {n: Fuser.from_file(w, device="cpu") for n, w in zip(names, args.weights, strict=True)}
+    shutil.rmtree(args.work, ignore_errors=True)
+
+    per_dataset: list[EvaluationResults] = []
+    datasets = [d for d in report.DATASETS if split["datasets"][d].get(args.part)]
+    for name in datasets:
+        stems = set(split["datasets"][name][args.part])
+        pairs = [p for p in dataset_pairs(args.data / name) if p.stem in stems]
+        work = args.work / name
+        ir_dir, vi_dir = report.link_sources(pairs, stems, work)
+        methods = {n: work / "fused" / n for n in names}
+        methods.update({m: work / "fused" / m for m in BASELINES})
+        for p in pairs:
+            loaded = load_pair(p.ir, p.vi)
+            for n, fuser in fusers.items():
+                save_gray_u8(methods[n] / f"{p.stem}.png", fuser.fuse(loaded.ir, loaded.vi))
+            for m in BASELINES:
+                save_gray_u8(methods[m] / f"{p.stem}.png", fuse_baseline(loaded.ir, loaded.vi, m))
+        per_dataset.append(evaluate_folders(ir_dir, vi_dir, methods, ("paper",), progress=False))
+
+    overall = report.merge(per_dataset, datasets)
+    header = "| part | pairs | method | " + " | ".join(report.TABLE1) + " | best on |"
+    print(f"`python scripts/compare_weights.py --weights ... --names {' '.join(names)}`, "
+          f"`{args.part}` part of {report.SPLIT_NAME}, paper convention\n")  # fmt: skip
+    print(header)
+    print("|" + "---|" * (len(report.TABLE1) + 4))
+    for label, res in [*zip(datasets, per_dataset, strict=True), ("all", overall)]:
+        means = summarise(res)["paper"].means
+        for method in [*names, *BASELINES]:
+            wins = ""
+            if method in names:
+                alone = summarise(_only(res, [method, *BASELINES]))["paper"]
+                count, _ = report.best_count(alone, method)
+                wins = f"{count} of 8"
+            cells = " | ".join(f"{means[method][k]:.3f}" for k in report.TABLE1)
+            print(f"| {label} | {len(res.stems)} | {method} | {cells} | {wins} |")
+
+
+if __name__ == "__main__":
+    main()
