@@ -307,9 +307,9 @@ def test_cli_end_to_end_then_reuse_detector(tmp_path: Path, monkeypatch, capsys)
     assert rc == 2  # out2 holds the tables of the run above
     assert "already exist" in capsys.readouterr().err
     out2_args = ["--out", str(out2), "--overwrite"]
-    rc = main([*args, "--detector", det, *out2_args, "--classes", "person,car,bicycle"])
+    rc = main([*args, "--detector", det, *out2_args, "--classes", "car,person,bicycle"])
     assert rc == 2
-    assert "trained for classes car,person,bicycle" in capsys.readouterr().err
+    assert "trained for classes person,car,bicycle" in capsys.readouterr().err
     # the detector remembers its training pairs: testing on them is refused
     rc = main(["detect-eval", "--test", str(train), "--detector", det, *out2_args])
     assert rc == 2
