@@ -214,6 +214,13 @@ def day_night_figure(fuser: Fuser, data: Path, out: Path) -> list[str]:
     return sentences
 
 
+def _training_summary(meta: dict[str, str]) -> str:
+    """How the weights were trained, from what their metadata holds."""
+    if "epochs" in meta or "global_step" in meta:
+        return f"epochs {meta.get('epochs', '?')}, steps {meta.get('global_step', '?')}"
+    return f"{meta.get('schedule', 'unknown')} schedule"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data")
@@ -341,7 +348,7 @@ def main() -> None:
         "",
         "Regenerate with `python scripts/make_report.py --data ../shared/data` (writes this",
         "file and `docs/report/`). Weights: `" + str(Path(weights).name) + "` "
-        f"(epochs {meta.get('epochs', '?')}, steps {meta.get('global_step', '?')}); data: the "
+        f"({_training_summary(meta)}; see [model-card.md](model-card.md)); data: the "
         f"held-out test split `{SPLIT_NAME}` ({total_pairs} pairs), never used for training or tuning.",
         "Sources and fused images are evaluated at the sources' own resolution; colour visible",
         "images are turned to gray as each convention's reference does. Conventions: `paper` =",
