@@ -111,10 +111,6 @@ def _json(t: RoutingTest) -> dict:
     }
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _test_rows(
     gates: dict[str, np.ndarray], labels: list, permutations: int, results: dict[str, dict]
 ) -> list[str]:
@@ -125,3 +121,7 @@ def _test_rows(
         results[mixture] = _json(t)
         rows.append(f"| {title} | {describe(t)} |")
     return rows
+
+
+if __name__ == "__main__":
+    main()
