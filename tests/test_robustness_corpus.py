@@ -567,6 +567,10 @@ def test_fuse_tiles_automatically_when_memory_is_short(
 SCRIPT = "import sys\nfrom moefusion.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery")
 def test_sigint_during_fuse_leaves_only_complete_files(
     tmp_path: Path, small_samples: dict, tiny_weights: Path
@@ -587,6 +591,9 @@ def test_sigint_during_fuse_leaves_only_complete_files(
          "--vi", str(src / "vi"), "--weights", str(tiny_weights), "--out", str(out), "--color",
          "--save-gates", str(gates), "--device", "cpu", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # a shell's background job ignores SIGINT, and children inherit that (Python then
+        # installs no KeyboardInterrupt handler): give the child the default disposition
+        preexec_fn=_default_sigint,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
