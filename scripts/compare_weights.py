@@ -7,7 +7,10 @@ out of the training data) with each weights file and the five classical baseline
 evaluates the eight paper metrics in the ``paper`` convention, and prints per dataset and
 over all validation pairs the means and, for each weights file, on how many of the eight
 metrics it is the best of all methods (each weights file ranked against the baselines
-alone, so the files do not take wins from each other). Nothing here trains anything.
+alone, so the files do not take wins from each other), and the fusion objective of the
+`cpu` config (pixel with the max target + 10 x gradient, at the sources' resolution) of
+every method, which stays comparable when the weights were trained with another alpha or
+pixel target. Nothing here trains anything.
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from moefusion import Fuser
 from moefusion.baselines import BASELINES, fuse_baseline
 from moefusion.data import dataset_pairs, load_pair, load_split, save_gray_u8
 from moefusion.evaluation import EvaluationResults, evaluate_folders, summarise
+from moefusion.training.fit_report import objective
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +67,7 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
 
     per_dataset: list[EvaluationResults] = []
+    objectives: dict[str, dict[str, list[float]]] = {}
     datasets = [d for d in report.DATASETS if split["datasets"][d].get(args.part)]
     for name in datasets:
         stems = set(split["datasets"][name][args.part])
@@ -70,10 +78,13 @@ def main() -> None:
         methods.update({m: work / "fused" / m for m in BASELINES})
         for p in pairs:
             loaded = load_pair(p.ir, p.vi)
-            for n, fuser in fusers.items():
-                save_gray_u8(methods[n] / f"{p.stem}.png", fuser.fuse(loaded.ir, loaded.vi))
-            for m in BASELINES:
-                save_gray_u8(methods[m] / f"{p.stem}.png", fuse_baseline(loaded.ir, loaded.vi, m))
+            fused = {n: fuser.fuse(loaded.ir, loaded.vi) for n, fuser in fusers.items()}
+            fused.update({m: fuse_baseline(loaded.ir, loaded.vi, m) for m in BASELINES})
+            for m, image in fused.items():
+                save_gray_u8(methods[m] / f"{p.stem}.png", image)
+                objectives.setdefault(m, {}).setdefault(name, []).append(
+                    _objective(image, loaded.ir, loaded.vi)
+                )
         per_dataset.append(evaluate_folders(ir_dir, vi_dir, methods, ("paper",), progress=False))
 
     overall = report.merge(per_dataset, datasets)
@@ -92,6 +103,22 @@ def main() -> None:
                 wins = f"{count} of 8"
             cells = " | ".join(f"{means[method][k]:.3f}" for k in report.TABLE1)
             print(f"| {label} | {len(res.stems)} | {method} | {cells} | {wins} |")
+
+    print("\nFusion objective (max target, alpha 10; lower is better), mean per pair:\n")
+    print("| method | " + " | ".join([*datasets, "all"]) + " |")
+    print("|" + "---|" * (len(datasets) + 2))
+    for method in [*names, *BASELINES]:
+        per = objectives[method]
+        cells = [f"{np.mean(per[d]):.4f}" for d in datasets]
+        cells.append(f"{np.mean([v for d in datasets for v in per[d]]):.4f}")
+        print(f"| {method} | " + " | ".join(cells) + " |")
+
+
+def _objective(fused: np.ndarray, ir: np.ndarray, vi: np.ndarray) -> float:
+    """The `cpu` config's objective of one fused image, quantised to uint8 as it is saved."""
+    f = torch.from_numpy(np.round(np.clip(fused, 0, 1) * 255) / 255).float()[None]
+    a, b = (torch.from_numpy(x).float()[None] for x in (ir, vi))
+    return objective(f, a, b, None, pixel_target="max", alpha=10.0)
 
 
 if __name__ == "__main__":

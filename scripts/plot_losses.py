@@ -1,8 +1,8 @@
 """Plot a training run's logged losses (CSV logger) to a PNG for the model card.
 
 python scripts/plot_losses.py runs/cpu-v1 docs/report/loss_curves.png --mark 1276:lr=1e-3
-python scripts/plot_losses.py runs/cpu-v3/stage2-fusion docs/report/loss_curves.png \
-    --fit runs/cpu-v3/fit_report.jsonl
+python scripts/plot_losses.py runs/cpu-v4/stage2-fusion docs/report/loss_curves.png \
+    --fit runs/cpu-v4/fit_report.jsonl
 
 ``RUN`` is a joint run folder or one stage's folder of a staged run; keys that the run
 did not log (e.g. ``loss/det`` in the fusion stage) are left out. ``--fit`` adds the fit

@@ -55,6 +55,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         ["stages.fusion.optim.pixel_target=boxes"],
     ),
     "alpha5": ("alpha 5", ["optim.alpha=5.0"]),
+    "alpha20": ("alpha 20", ["optim.alpha=20.0"]),
     "load1x": (
         "load-loss weights of the release (0.01 / 0.02)",
         ["model.mole_load_weight=0.01", "model.moge_load_weight=0.02"],

@@ -14,7 +14,7 @@ PRETRAINED_CONFIG = (
     / "src"
     / "moefusion"
     / "pretrained"
-    / "moefusion-cpu-v3.config.yaml"
+    / "moefusion-cpu-v4.config.yaml"
 )
 
 

@@ -130,7 +130,7 @@ def test_modules_read_the_typed_defaults() -> None:
 
 
 def test_to_dict_from_dict_round_trip_for_shipped_and_stored_configs() -> None:
-    stored = load_config_file(PRETRAINED_CONFIG / "moefusion-cpu-v3.config.yaml")
+    stored = load_config_file(PRETRAINED_CONFIG / "moefusion-cpu-v4.config.yaml")
     for plain in (load_run_config("cpu"), load_run_config("paper"), stored):
         run = RunConfig.from_dict(plain)
         again = RunConfig.from_dict(run.to_dict())

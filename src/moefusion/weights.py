@@ -28,7 +28,7 @@ from moefusion.models import MoEFusion, MoEFusionConfig
 _LISTED = 3
 
 CONFIG_KEY = "moefusion_config"
-BUNDLED_WEIGHTS = "moefusion-cpu-v3.safetensors"
+BUNDLED_WEIGHTS = "moefusion-cpu-v4.safetensors"
 
 
 def save_weights(
