@@ -135,8 +135,10 @@ def test_fuse_align_close_to_the_aligned_pair(
     d_aligned = np.abs(aligned - reference)[inner].mean()
     d_raw = np.abs(unaligned - reference)[inner].mean()
     print(f"mean |fused - reference|: aligned {d_aligned:.2f}, unaligned {d_raw:.2f} levels")
-    assert d_aligned < 0.2 * d_raw  # measured: 0.65 against 8.8 grey levels
-    assert d_aligned < 1.5
+    # measured with moefusion-cpu-v4: 3.59 against 10.22 grey levels (v2: 0.65 against 8.8;
+    # v4's sharper output and gates react more to the resampled visible image)
+    assert d_aligned < 0.45 * d_raw
+    assert d_aligned < 5.0
 
 
 def test_fuse_align_failure_falls_back_with_a_note(

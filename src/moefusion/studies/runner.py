@@ -143,7 +143,8 @@ def auto_split(datasets: Sequence[Path], path: Path, seed: int = 0) -> Path:
 
 
 def base_overrides(settings: StudySettings, out: Path) -> list[str]:
-    """Overrides every run gets: fusion stage only, from ``settings.weights``."""
+    """Overrides every run gets: fusion stage only, from ``settings.weights``, at the
+    paper's alpha 10 (the alpha study's variants set their own)."""
     if settings.weights is None:
         raise ConfigError("a study needs weights whose attention branch the runs share")
     items = [
@@ -152,6 +153,8 @@ def base_overrides(settings: StudySettings, out: Path) -> list[str]:
         f"stages.detect.init_weights={Path(settings.weights).resolve()}",
         "stages.joint.trainer.max_epochs=0",
         "stages.fusion.checkpoint_every=1",
+        # the paper's studies vary around its alpha 10 (the `cpu` config trains with 20)
+        "optim.alpha=10.0",
         *settings.budget.overrides(),
     ]
     if settings.data is not None:
