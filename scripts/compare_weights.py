@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from moefusion import Fuser
-from moefusion.baselines import BASELINES, fuse_baseline
+from moefusion.baselines import BASELINES, fuse_baseline, to_u8
 from moefusion.data import dataset_pairs, load_pair, load_split, save_gray_u8
 from moefusion.evaluation import EvaluationResults, evaluate_folders, summarise
 from moefusion.training.fit_report import objective
@@ -116,7 +116,7 @@ def main() -> None:
 
 def _objective(fused: np.ndarray, ir: np.ndarray, vi: np.ndarray) -> float:
     """The `cpu` config's objective of one fused image, quantised to uint8 as it is saved."""
-    f = torch.from_numpy(np.round(np.clip(fused, 0, 1) * 255) / 255).float()[None]
+    f = torch.from_numpy(to_u8(fused) / 255.0).float()[None]
     a, b = (torch.from_numpy(x).float()[None] for x in (ir, vi))
     return objective(f, a, b, None, pixel_target="max", alpha=10.0)
 
