@@ -72,6 +72,11 @@ class RunModule(L.LightningModule):
         """The typed run config, read from ``run_config`` (so it follows edits of the dict)."""
         return RunConfig.from_dict(self.run_config)
 
+    def setup(self, stage: str) -> None:
+        # Processes that Lightning spawns do not run train()'s flush_denormals(): subnormal
+        # weights would slow their steps (moefusion.runtime). Left on for the process.
+        torch.set_flush_denormal(True)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Gate noise draws from the global RNG: seed it per step so resume is exact.
         torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
