@@ -123,6 +123,43 @@ def test_load_weights_builds_lean_model_with_identical_outputs(tiny_weights: Pat
         MoEFusion(config, with_heads=True, lean_backbones=True)
 
 
+def test_subnormal_weights_are_zeroed_on_load_and_save(tiny_weights: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from moefusion.weights import CONFIG_KEY, load_weights, read_metadata, save_weights
+
+    state = load_file(str(tiny_weights))
+    keys = [k for k in state if "experts.0" in k and k.endswith("weight")][:2] + [
+        next(k for k in state if k.endswith("w_gate"))
+    ]
+    g = torch.Generator().manual_seed(0)
+    for k in keys:  # a third of the entries become subnormal, of both signs
+        planted = torch.rand(state[k].shape, generator=g) < 1 / 3
+        tiny = (torch.rand(state[k].shape, generator=g) - 0.5) * 2e-39
+        state[k] = torch.where(planted, tiny, state[k])
+    raw = tmp_path / "raw.safetensors"
+    save_file(state, str(raw), metadata=read_metadata(tiny_weights))
+    model = load_weights(raw)
+    loaded = model.inference_state_dict()
+    smallest = torch.finfo(torch.float32).tiny
+    for k, v in state.items():
+        kept = v.abs() >= smallest
+        assert torch.equal(loaded[k][kept], v[kept]), k  # normal values untouched
+        assert not bool(loaded[k][~kept].any()), k  # subnormals (and zeros) are 0
+    assert sum(int(((v.abs() < smallest) & (v != 0)).sum()) for v in state.values()) > 100
+    # the fused image is that of the unflushed weights, bit for bit
+    config = MoEFusionConfig.from_dict(json.loads(read_metadata(tiny_weights)[CONFIG_KEY]))
+    reference = MoEFusion(config, with_heads=False)
+    reference.load_inference_state_dict(state)
+    reference.eval()
+    ir, vi = torch.rand(1, 1, 50, 70, generator=g), torch.rand(1, 1, 50, 70, generator=g)
+    with torch.inference_mode():
+        assert torch.equal(reference(ir, vi).fused, model(ir, vi).fused)
+    # a model with subnormal parameters is saved without them
+    saved = load_file(str(save_weights(reference, tmp_path / "saved.safetensors")))
+    assert all(not bool(((v.abs() < smallest) & (v != 0)).any()) for v in saved.values())
+
+
 # ------------------------------------------------------------------ fast forward
 def test_fold_batchnorm_keeps_outputs() -> None:
     from moefusion.models.detector_parts import build_backbone
@@ -301,3 +338,14 @@ def test_reuse_freed_memory_in_a_subprocess() -> None:
         env={**os.environ, "MOEFUSION_REUSE_MEMORY": "0"},
     )
     assert off.stdout.split() == ["False", "False"]
+
+
+def test_flush_denormals_flushes_inside_and_restores() -> None:
+    from moefusion.runtime import flush_denormals
+
+    x = torch.tensor([1e-30])
+    assert float(x * 1e-9) > 0  # PyTorch's default keeps subnormal results
+    with flush_denormals():
+        assert float(x * 1e-9) == 0.0
+        assert float(x * 1e-7) == pytest.approx(1e-37)  # normal results are unchanged
+    assert float(x * 1e-9) > 0

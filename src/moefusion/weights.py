@@ -49,11 +49,34 @@ def save_weights(
         for k, v in model.inference_state_dict().items()
     }
     check_finite(state, f"model to be saved as {path}")
+    zero_subnormals(state)
     meta = {CONFIG_KEY: json.dumps(model.config.to_dict()), "format": "moefusion-inference-v1"}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return path
+
+
+def zero_subnormals(state: Mapping[str, torch.Tensor]) -> int:
+    """Set the subnormal entries of ``state``'s float tensors to 0, in place; returns how many.
+
+    Weight decay leaves some weights of rarely chosen experts and gates below float32's
+    smallest normal magnitude (1.2e-38). On x86 CPUs every multiply with such a value
+    takes a slow microcode path: the bundled v4 weights held 15 429 of them and fused a
+    640x480 pair 6x slower than the same weights with those entries at 0. At that
+    magnitude the product with any image value is far below float32's resolution of the
+    sums it enters, so zeroing them does not change the fused images (tested).
+    """
+    count = 0
+    with torch.no_grad():
+        for value in state.values():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                tiny = value.abs() < torch.finfo(value.dtype).tiny
+                tiny &= value != 0
+                if bool(tiny.any()):
+                    count += int(tiny.sum())
+                    value.masked_fill_(tiny, 0.0)
+    return count
 
 
 def check_finite(state: Mapping[str, torch.Tensor], origin: str) -> None:
@@ -128,6 +151,7 @@ def load_weights(path: str | Path, *, device: str | torch.device = "cpu") -> MoE
             f"cannot read weights file {path} (truncated or corrupt?): {exc}"
         ) from exc
     check_finite(state, f"weights file {path}")
+    zero_subnormals(state)
     try:
         _assign(model, state, path)
         _materialize(model)
