@@ -16,6 +16,9 @@ Printed as Markdown. Three parts:
    - ``plain fp32 (before)``: ``MoEFusion.forward`` with torchvision's backbones and the
      default allocator: what ``moefusion fuse`` ran before issue #17;
    - ``plain fp32, reused memory``: the same with the allocator setting;
+   - ``plain fp32, reused memory, subnormal weights kept``: the same with the file's
+     subnormal weights left in (as every path loaded them before stop 13; the other
+     variants load them as 0, :func:`moefusion.weights.zero_subnormals`);
    - ``fuse fp32``: :class:`moefusion.models.inference.FastMoEFusion` (what ``moefusion
      fuse`` runs now);
    - ``fuse --precision bf16``: the same with the half-precision parts;
@@ -68,6 +71,7 @@ PAIR = ("samples/ir/00012N.png", "samples/vi/00012N.png")
 VARIANTS: dict[str, str] = {
     "plain fp32 (before)": "default",
     "plain fp32, reused memory": "reuse",
+    "plain fp32, reused memory, subnormal weights kept": "reuse",
     "fuse fp32": "reuse",
     "fuse --precision bf16": "reuse",
     "DenseFuse-shaped, as published": "default",
@@ -243,26 +247,31 @@ class _Worker:
         with torch.inference_mode():
             model(ir, vi)  # warm-up: kernels, first-touch memory
 
-    def _plain(self) -> Any:
-        """The model as before issue #17: torchvision backbones, weights copied in."""
-        if "plain" not in self._cache:
+    def _plain(self, keep_subnormals: bool = False) -> Any:
+        """The model as before issue #17: torchvision backbones, weights copied in (with
+        their subnormal entries at 0 unless ``keep_subnormals``)."""
+        key = "plain, subnormals" if keep_subnormals else "plain"
+        if key not in self._cache:
             import json
 
             from safetensors.torch import load_file
 
             from moefusion.models import MoEFusion, MoEFusionConfig
-            from moefusion.weights import CONFIG_KEY, read_metadata
+            from moefusion.weights import CONFIG_KEY, read_metadata, zero_subnormals
 
             path = self.args.weights or str(_bundled())
             config = MoEFusionConfig.from_dict(json.loads(read_metadata(path)[CONFIG_KEY]))
             model = MoEFusion(config, with_heads=False)
-            model.load_inference_state_dict(load_file(path))
-            self._cache["plain"] = model.eval()
-        return self._cache["plain"]
+            state = load_file(path)
+            if not keep_subnormals:
+                zero_subnormals(state)
+            model.load_inference_state_dict(state)
+            self._cache[key] = model.eval()
+        return self._cache[key]
 
     def _moefusion(self, variant: str) -> Any:
         if variant.startswith("plain"):
-            return self._plain()
+            return self._plain(keep_subnormals="subnormal" in variant)
         if variant in self._cache:
             return self._cache[variant]
         from moefusion.fuser import Fuser
