@@ -341,11 +341,14 @@ def test_reuse_freed_memory_in_a_subprocess() -> None:
 
 
 def test_flush_denormals_flushes_inside_and_restores() -> None:
-    from moefusion.runtime import flush_denormals
+    from moefusion.runtime import denormals_flushed, flush_denormals
 
     x = torch.tensor([1e-30])
-    assert float(x * 1e-9) > 0  # PyTorch's default keeps subnormal results
+    assert float(x * 1e-9) > 0 and not denormals_flushed()  # PyTorch's default
     with flush_denormals():
-        assert float(x * 1e-9) == 0.0
+        assert float(x * 1e-9) == 0.0 and denormals_flushed()
         assert float(x * 1e-7) == pytest.approx(1e-37)  # normal results are unchanged
-    assert float(x * 1e-9) > 0
+        with flush_denormals():  # nested: the outer mode is restored
+            pass
+        assert denormals_flushed()
+    assert float(x * 1e-9) > 0 and not denormals_flushed()

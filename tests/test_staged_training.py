@@ -12,9 +12,16 @@ import torch
 from moefusion.config import load_run_config
 from moefusion.data import Compose, RandomCrop, RandomHorizontalFlip, collate_pairs
 from moefusion.errors import ConfigError
+from moefusion.runtime import denormals_flushed
 from moefusion.training.cache import CachedPairs
 from moefusion.training.run import train
-from moefusion.training.stages import lr_factor, stage_config, stage_is_empty
+from moefusion.training.stages import (
+    DetectorStageModule,
+    FusionStageModule,
+    lr_factor,
+    stage_config,
+    stage_is_empty,
+)
 from moefusion.weights import load_weights
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -106,9 +113,23 @@ def tiny_staged_config(*overrides: str) -> dict:
 
 @pytest.mark.slow
 @needs_shared
-def test_staged_run_trains_each_stage_and_resumes_exactly(tmp_path: Path) -> None:
+def test_staged_run_trains_each_stage_and_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every step runs with subnormals flushed to zero, and the mode is restored after
+    flushed: list[bool] = []
+    for cls in (DetectorStageModule, FusionStageModule):
+
+        def recording(self, *args, _step=cls.training_step, **kwargs):
+            flushed.append(denormals_flushed())
+            return _step(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "training_step", recording)
     fusion_epochs = "stages.fusion.trainer={max_epochs: %d, max_steps: null, max_time: null}"
     straight = train(tiny_staged_config(fusion_epochs % 2), tmp_path / "a", progress=False)
+    assert len(flushed) == 6 and all(flushed)
+    assert not denormals_flushed()
+    monkeypatch.undo()
     for stage in ("stage1-detect", "stage2-fusion"):
         done = json.loads((straight / stage / "done.json").read_text())
         assert done["global_step"] == (2 if stage == "stage1-detect" else 4)

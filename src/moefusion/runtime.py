@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-__all__ = ["flush_denormals", "reuse_freed_memory"]
+__all__ = ["denormals_flushed", "flush_denormals", "reuse_freed_memory"]
 
 # mallopt(3) parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -62,19 +62,26 @@ def reuse_freed_memory() -> bool:
     return _applied
 
 
+def denormals_flushed() -> bool:
+    """Whether this thread flushes subnormal results to zero (PyTorch has no getter)."""
+    import torch
+
+    return float(torch.tensor([1e-30]) * 1e-9) == 0.0
+
+
 @contextlib.contextmanager
 def flush_denormals() -> Iterator[None]:
     """Run the block with subnormal floats flushed to zero (``torch.set_flush_denormal``).
 
     The mode is per thread and inherited by threads created later (the intra-op pool, the
-    data-loader threads), so enter it before the first parallel operation. It is switched
-    off again on exit (PyTorch's default); on CPUs without the mode this does nothing.
+    data-loader threads), so enter it before the first parallel operation. The previous
+    mode is restored on exit; on CPUs without the mode this does nothing.
     """
     import torch  # here: reuse_freed_memory runs before torch is imported
 
-    enabled = torch.set_flush_denormal(True)
+    before = denormals_flushed()
+    torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        if enabled:
-            torch.set_flush_denormal(False)
+        torch.set_flush_denormal(before)
