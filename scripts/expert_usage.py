@@ -1,0 +1,68 @@
+"""How often each expert of each gate is selected, over one part of a split.
+
+    python scripts/expert_usage.py --weights W [W ...] [--part train|val|test]
+        [--data ../shared/data] [--split shared-data-v2]
+
+Fuses every pair of the part (all five datasets) with each weights file and prints, per
+mixture (MoLE foreground, MoLE background, MoGE), the share of pairs on which each expert
+was among the selected top-k (:func:`moefusion.studies.routing.selections`). An expert at
+0 is never used: the collapse the training recipe must avoid (docs/training.md). Reads
+gates only; nothing is tuned.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from moefusion import Fuser
+from moefusion.data import dataset_pairs, load_pair, load_split
+from moefusion.studies.routing import selections
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("roadscene", "msrs", "llvip", "tno_extra", "vifb")
+
+
+def usage(fuser: Fuser, pairs: list, desc: str) -> dict[str, np.ndarray]:
+    """``{mixture: [N]}`` share of ``pairs`` on which each expert was selected."""
+    rows: dict[str, list[np.ndarray]] = {}
+    for p in tqdm(pairs, desc=desc, leave=False):
+        loaded = load_pair(p.ir, p.vi)
+        for name, g in fuser.fuse(loaded.ir, loaded.vi, return_details=True).gates.items():
+            rows.setdefault(name, []).append(np.asarray(g, dtype=np.float64))
+    return {name: selections(np.stack(g)).mean(0) for name, g in rows.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, nargs="+", required=True)
+    parser.add_argument("--part", choices=("train", "val", "test"), default="train")
+    parser.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data")
+    parser.add_argument("--split", default="shared-data-v2")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    split = load_split(ROOT / "src" / "moefusion" / "configs" / "splits" / f"{args.split}.json")
+    pairs = []
+    for name in DATASETS:
+        keep = set(split["datasets"][name][args.part])
+        pairs += [p for p in dataset_pairs(args.data / name) if p.stem in keep]
+    print(f"`python scripts/expert_usage.py --part {args.part}`: {len(pairs)} pairs of the")
+    print(f"{args.part} part of {args.split}; share of pairs on which each expert was selected")
+    print()
+    results = {w: usage(Fuser.from_file(w, device="cpu"), pairs, w.name) for w in args.weights}
+    n = max(len(share) for r in results.values() for share in r.values())
+    print("| weights | mixture | " + " | ".join(f"expert {i}" for i in range(n)) + " | lowest |")
+    print("|---|---|" + "---|" * (n + 1))
+    for w, result in results.items():
+        for mixture, share in result.items():
+            cells = " | ".join(f"{x:.3f}" for x in share)
+            print(f"| {w} | {mixture} | {cells} | {share.min():.3f} |")
+
+
+if __name__ == "__main__":
+    main()
