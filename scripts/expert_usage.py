@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from moefusion import Fuser
-from moefusion.data import dataset_pairs, load_pair, load_split
-from moefusion.studies.routing import selections
+from moefusion.data import dataset_pairs, load_split
+from moefusion.studies.routing import gates_of, selections
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("roadscene", "msrs", "llvip", "tno_extra", "vifb")
@@ -29,12 +28,7 @@ DATASETS = ("roadscene", "msrs", "llvip", "tno_extra", "vifb")
 
 def usage(fuser: Fuser, pairs: list, desc: str) -> dict[str, np.ndarray]:
     """``{mixture: [N]}`` share of ``pairs`` on which each expert was selected."""
-    rows: dict[str, list[np.ndarray]] = {}
-    for p in tqdm(pairs, desc=desc, leave=False):
-        loaded = load_pair(p.ir, p.vi)
-        for name, g in fuser.fuse(loaded.ir, loaded.vi, return_details=True).gates.items():
-            rows.setdefault(name, []).append(np.asarray(g, dtype=np.float64))
-    return {name: selections(np.stack(g)).mean(0) for name, g in rows.items()}
+    return {name: selections(g).mean(0) for name, g in gates_of(fuser, pairs, desc).items()}
 
 
 def main() -> None:

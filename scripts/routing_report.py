@@ -18,23 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from moefusion import Fuser
-from moefusion.data import dataset_pairs, load_pair, load_split, msrs_day_night
-from moefusion.studies.routing import RoutingTest, permutation_test
+from moefusion.data import dataset_pairs, load_split, msrs_day_night
+from moefusion.studies.routing import RoutingTest, gates_of, permutation_test
 from moefusion.weights import bundled_weights_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "src" / "moefusion" / "configs" / "splits" / "shared-data-v2.json"
 DATASETS = ("roadscene", "msrs", "llvip", "tno_extra", "vifb")
 MIXTURES = {"mole_fg": "MoLE foreground", "mole_bg": "MoLE background", "moge": "MoGE"}
-
-
-def gates_of(fuser: Fuser, pairs) -> dict[str, np.ndarray]:
-    rows: dict[str, list[np.ndarray]] = {}
-    for p in pairs:
-        loaded = load_pair(p.ir, p.vi)
-        for name, g in fuser.fuse(loaded.ir, loaded.vi, return_details=True).gates.items():
-            rows.setdefault(name, []).append(g)
-    return {k: np.stack(v) for k, v in rows.items()}
 
 
 def describe(test: RoutingTest) -> str:

@@ -25,7 +25,8 @@ def test_usage_shares_sum_to_top_k_and_match_the_gates(tiny_weights: Path) -> No
 
     fuser = Fuser.from_file(tiny_weights, device="cpu")
     pairs = dataset_pairs(ROOT / "samples")[:3]
-    shares = _script().usage(fuser, pairs, "test")
+    script = _script()
+    shares = script.usage(fuser, pairs, "test")
     assert set(shares) == {"mole_fg", "mole_bg", "moge"}
     k = fuser.model.config.top_k
     for share in shares.values():
@@ -36,5 +37,5 @@ def test_usage_shares_sum_to_top_k_and_match_the_gates(tiny_weights: Path) -> No
     # the shares are the mean of the selections of each pair
     first = load_pair(pairs[0].ir, pairs[0].vi)
     gates = fuser.fuse(first.ir, first.vi, return_details=True).gates["moge"]
-    alone = _script().usage(fuser, pairs[:1], "test")["moge"]
+    alone = script.usage(fuser, pairs[:1], "test")["moge"]
     np.testing.assert_array_equal(alone, (np.asarray(gates) > 0).astype(float))

@@ -17,8 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from moefusion.data import Pair
+    from moefusion.fuser import Fuser
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,24 @@ def selections(gates: np.ndarray) -> np.ndarray:
     if gates.ndim != 2:
         raise ValueError(f"gates must be [pairs, experts], got shape {gates.shape}")
     return (gates > 0).astype(np.float64)
+
+
+def gates_of(fuser: Fuser, pairs: Sequence[Pair], desc: str | None = None) -> dict[str, np.ndarray]:
+    """Fuse every pair and stack its gate weights: ``{mixture: [len(pairs), N]}``.
+
+    ``desc`` shows a progress bar with that label (on stderr); ``None``: no bar.
+    """
+    # imported here: the statistics above need only numpy
+    from tqdm import tqdm
+
+    from moefusion.data import load_pair
+
+    rows: dict[str, list[np.ndarray]] = {}
+    for p in tqdm(pairs, desc=desc, leave=False, disable=desc is None):
+        loaded = load_pair(p.ir, p.vi)
+        for name, g in fuser.fuse(loaded.ir, loaded.vi, return_details=True).gates.items():
+            rows.setdefault(name, []).append(g)
+    return {k: np.stack(v) for k, v in rows.items()}
 
 
 def _statistic(selected: np.ndarray, codes: np.ndarray, n_groups: int, k: float) -> float:
