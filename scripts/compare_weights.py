@@ -26,7 +26,7 @@ import torch
 
 from moefusion import Fuser
 from moefusion.baselines import BASELINES, fuse_baseline, to_u8
-from moefusion.data import dataset_pairs, load_pair, load_split, save_gray_u8
+from moefusion.data import load_pair, resolve_split, save_gray_u8, split_part_pairs
 from moefusion.evaluation import EvaluationResults, evaluate_folders, summarise
 from moefusion.training.fit_report import objective
 
@@ -62,16 +62,17 @@ def main() -> None:
     if len(names) != len(args.weights):
         sys.exit("compare_weights: give one --names label per --weights file")
     report = _report_module()
-    split = load_split(report.SPLIT)
+    split = resolve_split(report.SPLIT_NAME)
     fusers = {n: Fuser.from_file(w, device="cpu") for n, w in zip(names, args.weights, strict=True)}
     shutil.rmtree(args.work, ignore_errors=True)
 
     per_dataset: list[EvaluationResults] = []
     objectives: dict[str, dict[str, list[float]]] = {}
-    datasets = [d for d in report.DATASETS if split["datasets"][d].get(args.part)]
+    parts = split_part_pairs(args.data, split, args.part, report.DATASETS)
+    datasets = [name for name, pairs in parts.items() if pairs]
     for name in datasets:
-        stems = set(split["datasets"][name][args.part])
-        pairs = [p for p in dataset_pairs(args.data / name) if p.stem in stems]
+        pairs = parts[name]
+        stems = {p.stem for p in pairs}
         work = args.work / name
         ir_dir, vi_dir = report.link_sources(pairs, stems, work)
         methods = {n: work / "fused" / n for n in names}

@@ -19,11 +19,10 @@ import numpy as np
 import torch
 
 from moefusion import Fuser
-from moefusion.data import dataset_pairs, load_split
+from moefusion.data import SHARED_DATASETS, resolve_split, split_part_pairs
 from moefusion.studies.routing import gates_of, selections
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ("roadscene", "msrs", "llvip", "tno_extra", "vifb")
 
 
 def usage(fuser: Fuser, pairs: list, desc: str) -> dict[str, np.ndarray]:
@@ -40,11 +39,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    split = load_split(ROOT / "src" / "moefusion" / "configs" / "splits" / f"{args.split}.json")
-    pairs = []
-    for name in DATASETS:
-        keep = set(split["datasets"][name][args.part])
-        pairs += [p for p in dataset_pairs(args.data / name) if p.stem in keep]
+    split = resolve_split(args.split)
+    per_dataset = split_part_pairs(args.data, split, args.part, SHARED_DATASETS)
+    pairs = [p for dataset in per_dataset.values() for p in dataset]
     print(f"`python scripts/expert_usage.py --part {args.part}`: {len(pairs)} pairs of the")
     print(f"{args.part} part of {args.split}; share of pairs on which each expert was selected")
     print()

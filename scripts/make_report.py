@@ -29,7 +29,15 @@ import numpy as np  # noqa: E402
 
 from moefusion import Fuser  # noqa: E402
 from moefusion.baselines import BASELINES, fuse_baseline  # noqa: E402
-from moefusion.data import colorize, dataset_pairs, load_pair, load_split, save_gray_u8  # noqa: E402
+from moefusion.data import (  # noqa: E402
+    SHARED_DATASETS,
+    colorize,
+    dataset_pairs,
+    load_pair,
+    resolve_split,
+    save_gray_u8,
+    split_part_pairs,
+)
 from moefusion.evaluation import (  # noqa: E402
     EvaluationResults,
     evaluate_folders,
@@ -43,8 +51,7 @@ from moefusion.weights import bundled_weights_path, read_metadata  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT_NAME = "shared-data-v2"
-SPLIT = ROOT / "src" / "moefusion" / "configs" / "splits" / f"{SPLIT_NAME}.json"
-DATASETS = ("roadscene", "msrs", "llvip", "tno_extra", "vifb")
+DATASETS = SHARED_DATASETS
 DAY_NIGHT = ("00095D", "00012N")  # held-out MSRS pairs shown in the day/night figure
 TRAIN_PAIRS_FOR_FIT = 40  # training pairs on which the objective is compared
 CONVENTIONS = ("paper", "float")
@@ -167,11 +174,8 @@ def fit_on_training_pairs(fuser: Fuser, data: Path, split: dict) -> dict[str, fl
 def usage_on_validation(fuser: Fuser, data: Path, split: dict) -> dict[str, list[float]]:
     """Share of validation pairs (split part ``val``) routed to each expert, per gate."""
     routed: dict[str, list[np.ndarray]] = defaultdict(list)
-    for name in DATASETS:
-        val = set(split["datasets"][name].get("val", []))
-        for p in dataset_pairs(data / name):
-            if p.stem not in val:
-                continue
+    for pairs in split_part_pairs(data, split, "val", DATASETS).values():
+        for p in pairs:
             loaded = load_pair(p.ir, p.vi)
             res = fuser.fuse(loaded.ir, loaded.vi, return_details=True)
             for k, g in res.gates.items():
@@ -233,7 +237,7 @@ def main() -> None:
     if weights is None:
         raise SystemExit("no bundled weights in this build; pass --weights")
     fuser = Fuser.from_file(weights, device="cpu")
-    split = load_split(SPLIT)
+    split = resolve_split(SPLIT_NAME)
     shutil.rmtree(args.work, ignore_errors=True)
     out_dir = args.docs / "report"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,13 +18,18 @@ from pathlib import Path
 import numpy as np
 
 from moefusion import Fuser
-from moefusion.data import dataset_pairs, load_split, msrs_day_night
+from moefusion.data import (
+    SHARED_DATASETS,
+    dataset_pairs,
+    msrs_day_night,
+    resolve_split,
+    split_part_pairs,
+)
 from moefusion.studies.routing import RoutingTest, gates_of, permutation_test
 from moefusion.weights import bundled_weights_path
 
 ROOT = Path(__file__).resolve().parents[1]
-SPLIT = ROOT / "src" / "moefusion" / "configs" / "splits" / "shared-data-v2.json"
-DATASETS = ("roadscene", "msrs", "llvip", "tno_extra", "vifb")
+SPLIT_NAME = "shared-data-v2"
 MIXTURES = {"mole_fg": "MoLE foreground", "mole_bg": "MoLE background", "moge": "MoGE"}
 
 
@@ -46,16 +51,14 @@ def main() -> None:
     args = parser.parse_args()
     weights = args.weights or bundled_weights_path()
     fuser = Fuser.from_file(weights, device="cpu")
-    split = load_split(SPLIT)
+    split = resolve_split(SPLIT_NAME)
 
     msrs = dataset_pairs(args.data / "msrs")
     msrs_gates = gates_of(fuser, msrs)
     light = [{"D": "day", "N": "night"}[msrs_day_night(p.stem)] for p in msrs]
     held: dict[str, np.ndarray] = {}
     labels: list[str] = []
-    for name in DATASETS:
-        test = set(split["datasets"][name]["test"])
-        pairs = [p for p in dataset_pairs(args.data / name) if p.stem in test]
+    for name, pairs in split_part_pairs(args.data, split, "test", SHARED_DATASETS).items():
         for mixture, g in gates_of(fuser, pairs).items():
             held[mixture] = g if mixture not in held else np.vstack([held[mixture], g])
         labels += [name] * len(pairs)

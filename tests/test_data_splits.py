@@ -116,3 +116,54 @@ def test_shipped_v2_split_keeps_v1_held_out(tmp_path: Path) -> None:
     assert not any(s.startswith("seq_tree") for s in tno["train"])
     for parts in v2.values():
         assert parts["val"] and parts["test"]
+
+
+def _write_dataset(root: Path, stems: list[str]) -> None:
+    from PIL import Image
+
+    for sub in ("ir", "vi"):
+        (root / sub).mkdir(parents=True)
+        for stem in stems:
+            Image.new("L", (4, 4)).save(root / sub / f"{stem}.png")
+
+
+def test_split_part_pairs_follow_the_split(tmp_path: Path) -> None:
+    from moefusion.data import SHARED_DATASETS, split_part_pairs
+
+    _write_dataset(tmp_path / "a", ["a1", "a2", "a3", "a4"])
+    _write_dataset(tmp_path / "b", ["b1", "b2"])
+    split = {
+        "seed": 0,
+        "test_fraction": 0.25,
+        "datasets": {
+            "a": {"train": ["a1", "a3"], "val": ["a2"], "test": ["a4"]},
+            "b": {"train": ["b1"], "test": ["b2"]},
+        },
+    }
+    parts = split_part_pairs(tmp_path, split, "train")
+    assert {k: [p.stem for p in v] for k, v in parts.items()} == {"a": ["a1", "a3"], "b": ["b1"]}
+    assert parts["a"][0].ir == tmp_path / "a" / "ir" / "a1.png"
+    # order of the datasets argument; a dataset without the part maps to []
+    val = split_part_pairs(tmp_path, split, "val", ["b", "a"])
+    assert list(val) == ["b", "a"] and val["b"] == [] and [p.stem for p in val["a"]] == ["a2"]
+    with pytest.raises(ConfigError, match="'c' is not in the split"):
+        split_part_pairs(tmp_path, split, "train", ["c"])
+    (tmp_path / "a" / "ir" / "a4.png").unlink()
+    (tmp_path / "a" / "vi" / "a4.png").unlink()
+    with pytest.raises(ConfigError, match="1 test stem.*'a'.*a4"):
+        split_part_pairs(tmp_path, split, "test")
+    assert set(SHARED_DATASETS) == {"roadscene", "msrs", "llvip", "tno_extra", "vifb"}
+
+
+def test_resolve_split_by_name_or_path(tmp_path: Path) -> None:
+    from moefusion.data import resolve_split
+
+    assert resolve_split(None) is None
+    shipped = resolve_split("shared-data-v2")
+    assert shipped is not None and set(shipped["datasets"]) >= {"msrs", "vifb"}
+    path = save_split(tmp_path / "s.json", {"seed": 0, "test_fraction": 0.5, "datasets": {}})
+    assert resolve_split(str(path)) == load_split(path)
+    with pytest.raises(ConfigError, match="unknown split 'nope'"):
+        resolve_split("nope")
+    with pytest.raises(ConfigError, match="split file not found"):
+        resolve_split(str(tmp_path / "missing.json"))

@@ -232,7 +232,7 @@ def run_stems() -> list[str]:
 
 
 def split_stems(part: str) -> list[str]:
-    from moefusion.training.data import resolve_split
+    from moefusion.data import resolve_split
 
     split = resolve_split("shared-data-v2")
     assert split is not None

@@ -14,13 +14,31 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moefusion.errors import ConfigError, MoEFusionError
 
-__all__ = ["load_split", "msrs_day_night", "save_split", "split_stems"]
+if TYPE_CHECKING:
+    from moefusion.data.pairs import Pair
+
+__all__ = [
+    "SHARED_DATASETS",
+    "load_split",
+    "msrs_day_night",
+    "resolve_split",
+    "save_split",
+    "split_part_pairs",
+    "split_stems",
+]
+
+#: The dataset folders of ``../shared/data`` that the shipped splits cover, in the order
+#: the report lists them (split files keep their datasets sorted by name).
+SHARED_DATASETS = ("roadscene", "msrs", "llvip", "tno_extra", "vifb")
+
+SPLIT_PACKAGE = "moefusion.configs.splits"
 
 # Guards ceil() against float noise such as 0.3 * 10 == 3.0000000000000004.
 _EPS = 1e-9
@@ -142,3 +160,63 @@ def load_split(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read split file {p}: {exc}") from exc
     return _validate(data, str(p))
+
+
+def resolve_split(name_or_path: str | None) -> dict[str, Any] | None:
+    """A split by shipped name (``configs/splits/NAME.json``) or by path; None means no split."""
+    if not name_or_path:
+        return None
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"split file not found: {path}")
+        return load_split(path)
+    resource = resources.files(SPLIT_PACKAGE) / f"{name_or_path}.json"
+    if not resource.is_file():
+        raise ConfigError(f"unknown split {name_or_path!r} (give a shipped name or a .json path)")
+    with resources.as_file(resource) as p:
+        return load_split(p)
+
+
+def split_part_pairs(
+    data_root: str | Path,
+    split: dict[str, Any],
+    part: str,
+    datasets: Sequence[str] | None = None,
+) -> dict[str, list[Pair]]:
+    """The pairs of one split part, per dataset folder ``data_root/NAME``.
+
+    Args:
+        data_root: folder holding one ``NAME/ir``, ``NAME/vi`` dataset per split dataset.
+        split: a loaded split (:func:`load_split`, :func:`resolve_split`).
+        part: ``"train"``, ``"val"`` or ``"test"``.
+        datasets: which datasets, in this order; default: every dataset of the split.
+
+    Returns:
+        ``{NAME: [Pair, ...]}`` in the folder's pair order; a dataset without that part
+        maps to ``[]``.
+
+    Raises:
+        ConfigError: a requested dataset is not in the split, or a stem of the part has
+            no pair in its folder (the data and the split do not match).
+    """
+    from moefusion.data.pairs import dataset_pairs
+
+    names = list(split["datasets"]) if datasets is None else list(datasets)
+    out: dict[str, list[Pair]] = {}
+    for name in names:
+        if name not in split["datasets"]:
+            raise ConfigError(f"dataset {name!r} is not in the split")
+        stems = split["datasets"][name].get(part, [])
+        if not stems:
+            out[name] = []
+            continue
+        pairs = [p for p in dataset_pairs(Path(data_root) / name) if p.stem in set(stems)]
+        missing = sorted(set(stems) - {p.stem for p in pairs})
+        if missing:
+            raise ConfigError(
+                f"{len(missing)} {part} stem(s) of {name!r} have no pair under "
+                f"{Path(data_root) / name}: {', '.join(missing[:5])}"
+            )
+        out[name] = pairs
+    return out

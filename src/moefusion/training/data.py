@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from moefusion.data import (
     RandomHorizontalFlip,
     Resize,
     collate_pairs,
-    load_split,
+    resolve_split,
 )
 from moefusion.errors import ConfigError
 from moefusion.training.config import DataConfig
@@ -26,24 +25,6 @@ from moefusion.training.sampling import EpochSampler, EpochSeededDataset
 
 #: ``data`` as these functions take it: typed, or the plain dict of a run config.
 Data = DataConfig | Mapping[str, Any]
-
-SPLIT_PACKAGE = "moefusion.configs.splits"
-
-
-def resolve_split(name_or_path: str | None) -> dict[str, Any] | None:
-    """A split by shipped name (``configs/splits/NAME.json``) or by path; None means no split."""
-    if not name_or_path:
-        return None
-    path = Path(name_or_path)
-    if path.suffix == ".json" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"split file not found: {path}")
-        return load_split(path)
-    resource = resources.files(SPLIT_PACKAGE) / f"{name_or_path}.json"
-    if not resource.is_file():
-        raise ConfigError(f"unknown split {name_or_path!r} (give a shipped name or a .json path)")
-    with resources.as_file(resource) as p:
-        return load_split(p)
 
 
 def build_transform(data: Data) -> Compose:
