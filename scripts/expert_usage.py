@@ -6,8 +6,14 @@
 Fuses every pair of the part (all five datasets) with each weights file and prints, per
 mixture (MoLE foreground, MoLE background, MoGE), the share of pairs on which each expert
 was among the selected top-k (:func:`moefusion.studies.routing.selections`). An expert at
-0 is never used: the collapse the training recipe must avoid (docs/training.md). Reads
-gates only; nothing is tuned.
+0 is never used: the collapse the training recipe must avoid (docs/training.md).
+
+A second table says how firmly each gate routes (:func:`moefusion.studies.routing.
+gate_logits_of`): the spread of its clean logits across pairs (how much routing depends
+on the input), the median gap between the K-th and (K+1)-th clean logit (how far a pair
+is from another expert set), and the median noise standard deviation the gate adds in
+training. A gap far below the noise means training routed at random and inference routes
+on small, nearly input-independent logit differences. Reads gates only; nothing is tuned.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch
 
 from moefusion import Fuser
 from moefusion.data import SHARED_DATASETS, resolve_split, split_part_pairs
-from moefusion.studies.routing import gates_of, selections
+from moefusion.studies.routing import gate_logits_of, gates_of, selections
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def usage(fuser: Fuser, pairs: list, desc: str) -> dict[str, np.ndarray]:
     """``{mixture: [N]}`` share of ``pairs`` on which each expert was selected."""
     return {name: selections(g).mean(0) for name, g in gates_of(fuser, pairs, desc).items()}
+
+
+def firmness(fuser: Fuser, pairs: list, desc: str) -> dict[str, tuple[float, float, float]]:
+    """``{mixture: (logit spread, median top-K gap, median training noise std)}``."""
+    return {
+        name: (g.spread(), float(np.median(g.margins())), float(np.median(g.noise_std)))
+        for name, g in gate_logits_of(fuser, pairs, desc).items()
+    }
 
 
 def main() -> None:
@@ -45,7 +59,8 @@ def main() -> None:
     print(f"`python scripts/expert_usage.py --part {args.part}`: {len(pairs)} pairs of the")
     print(f"{args.part} part of {args.split}; share of pairs on which each expert was selected")
     print()
-    results = {w: usage(Fuser.from_file(w, device="cpu"), pairs, w.name) for w in args.weights}
+    fusers = {w: Fuser.from_file(w, device="cpu") for w in args.weights}
+    results = {w: usage(f, pairs, w.name) for w, f in fusers.items()}
     n = max(len(share) for r in results.values() for share in r.values())
     print("| weights | mixture | " + " | ".join(f"expert {i}" for i in range(n)) + " | lowest |")
     print("|---|---|" + "---|" * (n + 1))
@@ -53,6 +68,14 @@ def main() -> None:
         for mixture, share in result.items():
             cells = " | ".join(f"{x:.3f}" for x in share)
             print(f"| {w} | {mixture} | {cells} | {share.min():.3f} |")
+    print()
+    header = ("weights", "mixture", "logit spread across pairs", "median top-k gap",
+              "median training noise std")  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    print("|---|---|---|---|---|")
+    for w, fuser in fusers.items():
+        for mixture, (spread, gap, noise) in firmness(fuser, pairs, w.name).items():
+            print(f"| {w} | {mixture} | {spread:.4f} | {gap:.4f} | {noise:.4f} |")
 
 
 if __name__ == "__main__":

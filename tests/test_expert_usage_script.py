@@ -39,3 +39,39 @@ def test_usage_shares_sum_to_top_k_and_match_the_gates(tiny_weights: Path) -> No
     gates = fuser.fuse(first.ir, first.vi, return_details=True).gates["moge"]
     alone = script.usage(fuser, pairs[:1], "test")["moge"]
     np.testing.assert_array_equal(alone, (np.asarray(gates) > 0).astype(float))
+
+
+def test_gate_margins_and_spread_by_hand() -> None:
+    from moefusion.studies.routing import GateLogits
+
+    clean = np.array([[3.0, 1.0, 0.5, 0.0], [0.0, 2.0, 2.0, 1.5]])
+    g = GateLogits(k=2, clean=clean, noise_std=np.ones_like(clean))
+    # 2nd minus 3rd largest per row
+    np.testing.assert_allclose(g.margins(), [0.5, 0.5])
+    assert np.isclose(g.spread(), np.mean([1.5, 0.5, 0.75, 0.75]))
+    assert np.all(np.isinf(GateLogits(k=4, clean=clean, noise_std=clean).margins()))
+
+
+def test_gate_logits_route_like_the_fused_gates(tiny_weights: Path) -> None:
+    from moefusion import Fuser
+    from moefusion.data import dataset_pairs
+    from moefusion.models.gating import NoisyTopKGate
+    from moefusion.studies.routing import gate_logits_of, gates_of, selections
+
+    fuser = Fuser.from_file(tiny_weights, device="cpu")
+    pairs = dataset_pairs(ROOT / "samples")[:3]
+    logits = gate_logits_of(fuser, pairs)
+    gates = gates_of(fuser, pairs)
+    assert set(logits) == set(gates) == {"mole_fg", "mole_bg", "moge"}
+    for name, g in logits.items():
+        assert g.clean.shape == g.noise_std.shape == gates[name].shape
+        # the experts selected at inference are the top-k of the recorded clean logits
+        top = np.argsort(-g.clean, axis=1)[:, : g.k]
+        picked = np.zeros_like(g.clean)
+        np.put_along_axis(picked, top, 1.0, axis=1)
+        np.testing.assert_array_equal(picked, selections(gates[name]))
+        assert np.all(g.margins() >= 0)
+    gate = next(m for m in fuser.model.modules() if isinstance(m, NoisyTopKGate))
+    assert np.all(logits["mole_fg"].noise_std >= gate.noise_epsilon)
+    # the hooks are gone afterwards
+    assert not any(m._forward_hooks for m in fuser.model.modules() if isinstance(m, NoisyTopKGate))

@@ -135,8 +135,8 @@ def check_outputs(args: argparse.Namespace, fused: dict[str, Path]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moefusion.detection import DetectConfig, run_detection_eval
     from moefusion.data import resolve_split
+    from moefusion.detection import DetectConfig, run_detection_eval
 
     raw = load_run_config(args.config, args.overrides)
     if args.classes is not None:

@@ -117,3 +117,89 @@ def permutation_test(
         frequencies=frequencies,
         permutations=permutations,
     )
+
+
+@dataclass(frozen=True)
+class GateLogits:
+    """A gate's clean logits over pairs, and the noise it would add in training.
+
+    Attributes:
+        k: experts kept per pair.
+        clean: ``[n, N]`` clean logits ``s . W_gate`` (what inference routes on).
+        noise_std: ``[n, N]`` training-time noise standard deviation
+            ``softplus(s . W_noise) + epsilon`` for the same inputs.
+    """
+
+    k: int
+    clean: np.ndarray
+    noise_std: np.ndarray
+
+    def margins(self) -> np.ndarray:
+        """``[n]`` gap between the K-th and the (K+1)-th largest clean logit of each pair:
+        how far each pair is from selecting another expert set at inference."""
+        ordered = -np.sort(-self.clean, axis=1)
+        if self.k >= ordered.shape[1]:
+            return np.full(len(ordered), np.inf)
+        return ordered[:, self.k - 1] - ordered[:, self.k]
+
+    def spread(self) -> float:
+        """How much the clean logits depend on the input: the standard deviation of
+        each expert's logit across pairs, averaged over experts."""
+        return float(self.clean.std(axis=0).mean())
+
+
+def gate_logits_of(
+    fuser: Fuser, pairs: Sequence[Pair], desc: str | None = None
+) -> dict[str, GateLogits]:
+    """Fuse every pair and record each gate's clean logits and training noise scale.
+
+    Reads the gates' inputs with forward hooks (removed afterwards), so the fused images
+    and the routing are those of a plain :meth:`Fuser.fuse`. Untiled fusion only.
+
+    Returns:
+        ``{"mole_fg" | "mole_bg" | "moge": GateLogits}``, the gates the variant has.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from moefusion.data import load_pair
+    from moefusion.models.moge import MixtureOfGlobalExperts
+    from moefusion.models.mole import MixtureOfLocalExperts
+
+    fusion = fuser.model.fusion
+    gates = {}
+    if isinstance(fusion.local, MixtureOfLocalExperts):
+        gates["mole_fg"] = fusion.local.foreground.gate
+        gates["mole_bg"] = fusion.local.background.gate
+    if isinstance(fusion.global_stage, MixtureOfGlobalExperts):
+        gates["moge"] = fusion.global_stage.mixture.gate
+    rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in gates}
+
+    def record(name: str):
+        def hook(gate, inputs, _output) -> None:
+            with torch.no_grad():
+                s = gate.flatten_input(inputs[0])
+                clean = s @ gate.w_gate
+                std = F.softplus(s @ gate.w_noise) + gate.noise_epsilon
+            rows[name].append((clean.float().cpu().numpy(), std.float().cpu().numpy()))
+
+        return hook
+
+    handles = [g.register_forward_hook(record(n)) for n, g in gates.items()]
+    try:
+        for p in tqdm(pairs, desc=desc, leave=False, disable=desc is None):
+            loaded = load_pair(p.ir, p.vi)
+            fuser.fuse(loaded.ir, loaded.vi, tile=None)
+    finally:
+        for h in handles:
+            h.remove()
+    return {
+        name: GateLogits(
+            k=gates[name].k,
+            clean=np.concatenate([c for c, _ in r]),
+            noise_std=np.concatenate([s for _, s in r]),
+        )
+        for name, r in rows.items()
+        if r
+    }

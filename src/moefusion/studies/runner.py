@@ -201,8 +201,8 @@ def run_folder(out: Path, variant: Variant, seed: int, key: str) -> Path:
 
 def heldout_pairs(config: Mapping[str, Any]) -> dict[str, list[Any]]:
     """{dataset name: its held-out pairs} from the run config's datasets and split."""
-    from moefusion.training.config import DataConfig
     from moefusion.data import resolve_split
+    from moefusion.training.config import DataConfig
 
     data = DataConfig.coerce(config["data"])
     split = resolve_split(data.split)
