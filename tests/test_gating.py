@@ -130,3 +130,37 @@ def test_export_friendly_pooling_matches_native(size: tuple[int, int]) -> None:
     x = torch.rand(2, 3, *size)
     native = torch.nn.functional.adaptive_avg_pool2d(x, (15, 20))
     assert torch.allclose(adaptive_avg_pool2d_cumsum(x, (15, 20)), native, atol=1e-5)
+
+
+def test_input_norm_routes_on_pattern_not_magnitude() -> None:
+    torch.manual_seed(0)
+    plain = NoisyTopKGate(3, 4, 2, grid=(3, 4), noisy=False)
+    normed = NoisyTopKGate(3, 4, 2, grid=(3, 4), noisy=False, input_norm=True)
+    with torch.no_grad():
+        plain.w_gate.normal_()
+        normed.w_gate.copy_(plain.w_gate)
+    x = torch.rand(2, 3, 12, 16)
+    s = normed.flatten_input(x)
+    torch.testing.assert_close(s.mean(1), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(s.std(1, unbiased=False), torch.ones(2), atol=1e-4, rtol=0)
+    # a tiny input (MoLE gate inputs are ~3e-3) is standardised as well as a large one
+    small = normed.flatten_input(x * 1e-3)
+    torch.testing.assert_close(small, s, atol=1e-3, rtol=0)
+    # same logits for a rescaled and shifted input; without the norm they scale with it
+    torch.testing.assert_close(normed(3 * x + 1).logits, normed(x).logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(plain(3 * x).logits, 3 * plain(x).logits, atol=1e-4, rtol=1e-5)
+    # a constant input gives zero logits, not NaN
+    assert torch.equal(normed(torch.ones(1, 3, 12, 16)).logits, torch.zeros(1, 4))
+    assert "input_norm=True" in repr(normed) and "input_norm" not in repr(plain)
+
+
+def test_config_switches_every_gate_input_norm() -> None:
+    from moefusion.models import MoEFusion
+    from moefusion.models.config import MoEFusionConfig
+
+    small = {"encoder_growth": 4, "decoder_channels": [8, 4]}
+    for flag in (False, True):
+        model = MoEFusion(MoEFusionConfig.from_dict({**small, "gate_input_norm": flag}))
+        gates = [m for m in model.modules() if isinstance(m, NoisyTopKGate)]
+        assert len(gates) == 3 and all(g.input_norm is flag for g in gates)
+    assert MoEFusionConfig().gate_input_norm is False

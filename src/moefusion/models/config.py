@@ -200,6 +200,8 @@ class MoEFusionConfig:
         noisy_gating: Shazeer et al.'s trainable Gaussian noise on the gate logits
             (training only).
         noise_epsilon: minimum noise standard deviation.
+        gate_input_norm: standardise each gate's pooled input per sample before its
+            weights (deviation 28; off in the paper and the release).
         mole_load_weight: coefficient of each MoLE load-balancing term.
         moge_load_weight: coefficient of the MoGE load-balancing term.
         combine: ``"linear"`` (paper eqs. 2 and 4) or ``"log"`` (release: log of the
@@ -217,6 +219,7 @@ class MoEFusionConfig:
     gate_grid: tuple[int, int] = (15, 20)
     noisy_gating: bool = True
     noise_epsilon: float = 0.01
+    gate_input_norm: bool = False
     mole_load_weight: float = 0.01
     moge_load_weight: float = 0.02
     combine: str = "linear"

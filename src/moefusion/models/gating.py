@@ -148,6 +148,10 @@ class NoisyTopKGate(nn.Module):
         grid: (H_g, W_g) the input is average-pooled to before flattening.
         noisy: add trainable Gaussian noise to the logits in training mode.
         noise_epsilon: minimum noise standard deviation.
+        input_norm: standardise the flattened input of each sample (zero mean, unit
+            variance over its ``C*H_g*W_g`` values, no learned scale) before ``W``: the
+            logits then see the pattern of the features, not their overall magnitude.
+            Off in the paper and the release (docs/architecture.md, deviation 28).
 
     ``W_gate`` and ``W_noise`` (``[C*H_g*W_g, N]``) start at zero as in the release: every
     expert starts with the same logit, so the first routing decisions come from the
@@ -171,6 +175,7 @@ class NoisyTopKGate(nn.Module):
         grid: tuple[int, int] = (15, 20),
         noisy: bool = True,
         noise_epsilon: float = 1e-2,
+        input_norm: bool = False,
     ) -> None:
         super().__init__()
         if not 1 <= k <= num_experts:
@@ -181,6 +186,7 @@ class NoisyTopKGate(nn.Module):
         self.grid = (int(grid[0]), int(grid[1]))
         self.noisy = noisy
         self.noise_epsilon = noise_epsilon
+        self.input_norm = input_norm
         # pooling implementation: native op, or a summed-area table for export
         self.export_friendly = False
         # eval-mode hook on the clean logits before top-K (temporal smoothing of videos)
@@ -193,10 +199,12 @@ class NoisyTopKGate(nn.Module):
         return (
             f"in_channels={self.in_channels}, num_experts={self.num_experts}, k={self.k}, "
             f"grid={self.grid}, noisy={self.noisy}"
+            + (", input_norm=True" if self.input_norm else "")
         )
 
     def flatten_input(self, x: Tensor | Sequence[Tensor]) -> Tensor:
-        """``[B, C, H, W] -> s [B, C*H_g*W_g]`` (adaptive average pooling, then flatten).
+        """``[B, C, H, W] -> s [B, C*H_g*W_g]`` (adaptive average pooling, then flatten;
+        standardised per sample with ``input_norm``).
 
         ``x`` may also be a sequence of maps whose channel concatenation is the input:
         pooling is per channel, so each part is pooled and the small pooled maps are
@@ -208,7 +216,11 @@ class NoisyTopKGate(nn.Module):
             raise ValueError(f"gate expects {self.in_channels} channels, got {channels}")
         pool = adaptive_avg_pool2d_cumsum if self.export_friendly else F.adaptive_avg_pool2d
         pooled = [pool(p, self.grid) for p in parts]
-        return (pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)).flatten(1)
+        s = (pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)).flatten(1)
+        if not self.input_norm:
+            return s
+        # eps far below LayerNorm's 1e-5: MoLE gate inputs have a variance near 1e-5
+        return F.layer_norm(s, s.shape[1:], eps=1e-12)
 
     def forward(self, x: Tensor | Sequence[Tensor]) -> GateOutput:
         s = self.flatten_input(x)

@@ -101,6 +101,7 @@ class FusionNetwork(nn.Module):
             "noisy": config.noisy_gating,
             "noise_epsilon": config.noise_epsilon,
             "combine": config.combine,
+            "input_norm": config.gate_input_norm,
         }
         local: nn.Module | None
         if config.variant in ("full", "no_moge"):
