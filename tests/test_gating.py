@@ -164,3 +164,56 @@ def test_config_switches_every_gate_input_norm() -> None:
         gates = [m for m in model.modules() if isinstance(m, NoisyTopKGate)]
         assert len(gates) == 3 and all(g.input_norm is flag for g in gates)
     assert MoEFusionConfig().gate_input_norm is False
+
+
+def test_switch_balance_loss_by_hand() -> None:
+    gates = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.6, 0.4, 0.0, 0.0]])
+    common = {"load": gates_to_load(gates), "importance": gates.sum(0), "logits": gates}
+    indices = torch.tensor([[0, 1], [0, 1]])
+    uniform = GateOutput(
+        gates=gates, indices=indices, probs=torch.full((2, 4), 0.25), balance="switch", **common
+    )
+    # f = [1, 1, 0, 0], P = 1/4 each: N/K * (1/4 + 1/4) = 1
+    assert uniform.balancing_loss().item() == pytest.approx(1.0)
+    peaked = GateOutput(
+        gates=gates,
+        indices=indices,
+        probs=torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]]),
+        balance="switch",
+        **common,
+    )
+    assert peaked.balancing_loss().item() == pytest.approx(2.0)  # 4/2 * (0.5 + 0.5)
+    with pytest.raises(ValueError, match="needs GateOutput.probs"):
+        GateOutput(gates=gates, indices=indices, balance="switch", **common).balancing_loss()
+    with pytest.raises(ValueError, match="balance must be one of cv2, switch"):
+        NoisyTopKGate(3, 4, 2, balance="nope")
+
+
+def test_switch_loss_moves_experts_no_sample_selected() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 6, 8)
+    grads = {}
+    for balance in ("cv2", "switch"):
+        gate = NoisyTopKGate(3, 4, 2, grid=(3, 4), noisy=False, balance=balance)
+        with torch.no_grad():
+            gate.w_gate.zero_()
+            gate.w_gate[:, :2] = 1.0  # every sample selects experts 0 and 1
+        out = gate(x)
+        assert set(out.indices.flatten().tolist()) == {0, 1}
+        out.balancing_loss().backward()
+        grads[balance] = gate.w_gate.grad[:, 2:].abs().sum().item()
+    assert grads["cv2"] == 0.0  # cv^2 of top-K gates never reaches the unselected experts
+    assert grads["switch"] > 0.0
+
+
+def test_config_sets_the_balance_loss_of_every_gate() -> None:
+    from moefusion.models import MoEFusion
+    from moefusion.models.config import MoEFusionConfig
+
+    small = {"encoder_growth": 4, "decoder_channels": [8, 4], "balance_loss": "switch"}
+    model = MoEFusion(MoEFusionConfig.from_dict(small)).train()
+    assert all(m.balance == "switch" for m in model.modules() if isinstance(m, NoisyTopKGate))
+    out = model.fusion(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32))
+    assert torch.isfinite(out.load_loss) and out.load_loss.item() > 0
+    with pytest.raises(Exception, match="balance_loss must be cv2 or switch"):
+        MoEFusionConfig.from_dict({**small, "balance_loss": "x"})

@@ -202,6 +202,8 @@ class MoEFusionConfig:
         noise_epsilon: minimum noise standard deviation.
         gate_input_norm: standardise each gate's pooled input per sample before its
             weights (deviation 28; off in the paper and the release).
+        balance_loss: ``"cv2"`` (paper, release: cv^2 of importance and load) or
+            ``"switch"`` (the Switch Transformer loss, deviation 29).
         mole_load_weight: coefficient of each MoLE load-balancing term.
         moge_load_weight: coefficient of the MoGE load-balancing term.
         combine: ``"linear"`` (paper eqs. 2 and 4) or ``"log"`` (release: log of the
@@ -220,6 +222,7 @@ class MoEFusionConfig:
     noisy_gating: bool = True
     noise_epsilon: float = 0.01
     gate_input_norm: bool = False
+    balance_loss: str = "cv2"
     mole_load_weight: float = 0.01
     moge_load_weight: float = 0.02
     combine: str = "linear"
@@ -257,6 +260,10 @@ class MoEFusionConfig:
         _check(
             len(self.gate_grid) == 2 and all(g >= 1 for g in self.gate_grid),
             f"gate_grid must be two positive ints (H_g, W_g), got {list(self.gate_grid)}",
+        )
+        _check(
+            self.balance_loss in ("cv2", "switch"),
+            f"balance_loss must be cv2 or switch, got {self.balance_loss!r}",
         )
         _check(self.noise_epsilon >= 0, f"noise_epsilon must be >= 0, got {self.noise_epsilon}")
         _check(

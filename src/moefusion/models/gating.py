@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: Balancing losses a gate can report (:meth:`GateOutput.balancing_loss`).
+BALANCE_LOSSES = ("cv2", "switch")
+
 
 def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
     """Squared coefficient of variation ``var(x) / (mean(x)^2 + eps)`` of a 1-D tensor.
@@ -125,6 +128,10 @@ class GateOutput:
         importance: ``[N]`` ``gates.sum(0)``.
         logits: ``[B, N]`` clean logits ``s . W_gate``.
         indices: ``[B, K]`` selected experts, best first.
+        probs: ``[B, N]`` softmax over all N routing logits (noisy in training), the
+            input of the ``"switch"`` balancing loss; None if not computed.
+        balance: which balancing loss :meth:`balancing_loss` returns, ``"cv2"`` or
+            ``"switch"``.
     """
 
     gates: Tensor
@@ -132,10 +139,27 @@ class GateOutput:
     importance: Tensor
     logits: Tensor
     indices: Tensor
+    probs: Tensor | None = None
+    balance: str = "cv2"
 
     def balancing_loss(self) -> Tensor:
-        """Unweighted ``cv^2(importance) + cv^2(load)``, a scalar."""
-        return cv_squared(self.importance) + cv_squared(self.load)
+        """The unweighted balancing loss, a scalar.
+
+        ``"cv2"`` (Shazeer et al., the paper and the release): ``cv^2(importance) +
+        cv^2(load)``. ``"switch"`` (Fedus et al.'s Switch Transformer loss, for top-K):
+        ``N / K * sum_i f_i * P_i`` with ``f_i`` the share of samples that selected expert
+        ``i`` (no gradient) and ``P_i`` the mean softmax probability of ``i`` over all N
+        experts; 1 when both are uniform. Unlike ``cv2`` it has a gradient for experts
+        that no sample selected, so a gate whose logits are far apart can still move.
+        """
+        if self.balance == "cv2":
+            return cv_squared(self.importance) + cv_squared(self.load)
+        if self.probs is None:
+            raise ValueError("the switch balancing loss needs GateOutput.probs")
+        n = self.gates.shape[1]
+        k = self.indices.shape[1]
+        share = (self.gates > 0).float().mean(0)
+        return n / k * (share * self.probs.float().mean(0)).sum()
 
 
 class NoisyTopKGate(nn.Module):
@@ -152,6 +176,8 @@ class NoisyTopKGate(nn.Module):
             variance over its ``C*H_g*W_g`` values, no learned scale) before ``W``: the
             logits then see the pattern of the features, not their overall magnitude.
             Off in the paper and the release (docs/architecture.md, deviation 28).
+        balance: balancing loss of :class:`GateOutput`, ``"cv2"`` (paper, release) or
+            ``"switch"`` (deviation 29).
 
     ``W_gate`` and ``W_noise`` (``[C*H_g*W_g, N]``) start at zero as in the release: every
     expert starts with the same logit, so the first routing decisions come from the
@@ -176,10 +202,13 @@ class NoisyTopKGate(nn.Module):
         noisy: bool = True,
         noise_epsilon: float = 1e-2,
         input_norm: bool = False,
+        balance: str = "cv2",
     ) -> None:
         super().__init__()
         if not 1 <= k <= num_experts:
             raise ValueError(f"k must be in [1, {num_experts}], got {k}")
+        if balance not in BALANCE_LOSSES:
+            raise ValueError(f"balance must be one of {', '.join(BALANCE_LOSSES)}, got {balance!r}")
         self.in_channels = in_channels
         self.num_experts = num_experts
         self.k = k
@@ -187,6 +216,7 @@ class NoisyTopKGate(nn.Module):
         self.noisy = noisy
         self.noise_epsilon = noise_epsilon
         self.input_norm = input_norm
+        self.balance = balance
         # pooling implementation: native op, or a summed-area table for export
         self.export_friendly = False
         # eval-mode hook on the clean logits before top-K (temporal smoothing of videos)
@@ -200,6 +230,7 @@ class NoisyTopKGate(nn.Module):
             f"in_channels={self.in_channels}, num_experts={self.num_experts}, k={self.k}, "
             f"grid={self.grid}, noisy={self.noisy}"
             + (", input_norm=True" if self.input_norm else "")
+            + (f", balance={self.balance!r}" if self.balance != "cv2" else "")
         )
 
     def flatten_input(self, x: Tensor | Sequence[Tensor]) -> Tensor:
@@ -240,6 +271,14 @@ class NoisyTopKGate(nn.Module):
             load = prob_in_top_k(clean_logits, logits, noise_std, top_values, self.k).sum(0)
         else:
             load = gates_to_load(gates)
+        # the full softmax only where the switch loss will read it
+        probs = torch.softmax(logits, dim=1) if self.balance == "switch" else None
         return GateOutput(
-            gates=gates, load=load, importance=gates.sum(0), logits=clean_logits, indices=indices
+            gates=gates,
+            load=load,
+            importance=gates.sum(0),
+            logits=clean_logits,
+            indices=indices,
+            probs=probs,
+            balance=self.balance,
         )

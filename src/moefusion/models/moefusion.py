@@ -102,6 +102,7 @@ class FusionNetwork(nn.Module):
             "noise_epsilon": config.noise_epsilon,
             "combine": config.combine,
             "input_norm": config.gate_input_norm,
+            "balance": config.balance_loss,
         }
         local: nn.Module | None
         if config.variant in ("full", "no_moge"):

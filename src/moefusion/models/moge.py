@@ -20,9 +20,12 @@ def build_global_mixture(
     noise_epsilon: float = 1e-2,
     combine: str = "linear",
     input_norm: bool = False,
+    balance: str = "cv2",
 ) -> ExpertMixture:
     """The MoGE mixture: a gate on ``x_f`` and N decoders, all of them seeing ``x_f``."""
-    gate = NoisyTopKGate(in_channels, num_experts, top_k, grid, noisy, noise_epsilon, input_norm)
+    gate = NoisyTopKGate(
+        in_channels, num_experts, top_k, grid, noisy, noise_epsilon, input_norm, balance
+    )
     experts = [GlobalExpert(in_channels, hidden) for _ in range(num_experts)]
     return ExpertMixture(gate, experts, combine)
 

@@ -42,9 +42,12 @@ def build_local_mixture(
     noise_epsilon: float = 1e-2,
     combine: str = "linear",
     input_norm: bool = False,
+    balance: str = "cv2",
 ) -> ExpertMixture:
     """One MoLE mixture: a gate over ``2*channels`` (both modalities) and N local experts."""
-    gate = NoisyTopKGate(2 * channels, num_experts, top_k, grid, noisy, noise_epsilon, input_norm)
+    gate = NoisyTopKGate(
+        2 * channels, num_experts, top_k, grid, noisy, noise_epsilon, input_norm, balance
+    )
     experts = [LocalExpert(channels, hidden) for _ in range(num_experts)]
     return ExpertMixture(gate, experts, combine)
 
