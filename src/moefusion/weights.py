@@ -125,10 +125,21 @@ def load_weights(path: str | Path, *, device: str | torch.device = "cpu") -> MoE
     weights would overwrite) with the torchvision-free backbones of
     :mod:`moefusion.models.backbones` (same keys and outputs as torchvision's, without
     importing torchvision), and the file's tensors become its parameters.
+
+    A Lightning training checkpoint (``.ckpt``, a zip archive) is accepted too, so a run
+    can be fused from before it has finished: its model is rebuilt from the config it
+    stores (:func:`load_checkpoint_model`), with the same finiteness check and subnormal
+    clean-up as a weights file. Unpickling runs code: load only your own checkpoints.
     """
     path = Path(path)
     if not path.is_file():
         raise MoEFusionError(f"weights file not found: {path}")
+    if zipfile.is_zipfile(path):
+        model = load_checkpoint_model(path)
+        state = model.state_dict()
+        check_finite(state, f"checkpoint {path}")
+        zero_subnormals(state)
+        return model.to(device).eval()
     meta = read_metadata(path)
     if CONFIG_KEY not in meta:
         raise MoEFusionError(

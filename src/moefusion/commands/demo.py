@@ -47,7 +47,7 @@ def add_parser(
         "--weights",
         type=Path,
         default=None,
-        help="weights (.safetensors from `moefusion train`); default: the bundled weights",
+        help="weights (.safetensors from `moefusion train`, or a training .ckpt); default: bundled",
     )
     p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     p.add_argument(

@@ -31,7 +31,7 @@ def add_parser(
         "--weights",
         type=Path,
         default=None,
-        help="weights (.safetensors); default: the bundled weights",
+        help="weights (.safetensors, or a training .ckpt); default: the bundled weights",
     )
     p.add_argument("--out", type=Path, required=True, help="output file (.onnx / .pt)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")

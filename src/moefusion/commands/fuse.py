@@ -78,7 +78,7 @@ def add_parser(
         "--weights",
         type=Path,
         default=None,
-        help="weights (.safetensors from `moefusion train`); default: the bundled weights",
+        help="weights (.safetensors from `moefusion train`, or a training .ckpt); default: bundled",
     )
     p.add_argument("--color", action="store_true", help="also write colourised RGB images")
     p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
