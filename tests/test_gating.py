@@ -159,11 +159,13 @@ def test_config_switches_every_gate_input_norm() -> None:
     from moefusion.models.config import MoEFusionConfig
 
     small = {"encoder_growth": 4, "decoder_channels": [8, 4]}
-    for flag in (False, True):
-        model = MoEFusion(MoEFusionConfig.from_dict({**small, "gate_input_norm": flag}))
-        gates = [m for m in model.modules() if isinstance(m, NoisyTopKGate)]
-        assert len(gates) == 3 and all(g.input_norm is flag for g in gates)
-    assert MoEFusionConfig().gate_input_norm is False
+    for setting, expected in ((False, [False] * 3), (True, [True] * 3), (["mole"], [True, True, False]), (["moge"], [False, False, True])):  # fmt: skip
+        model = MoEFusion(MoEFusionConfig.from_dict({**small, "gate_input_norm": setting}))
+        gates = [m for m in model.modules() if isinstance(m, NoisyTopKGate)]  # fg, bg, moge
+        assert [g.input_norm for g in gates] == expected, setting
+    assert MoEFusionConfig().gate_input_norm == ()
+    with pytest.raises(Exception, match="unknown mixture"):
+        MoEFusionConfig.from_dict({**small, "gate_input_norm": ["mle"]})
 
 
 def test_switch_balance_loss_by_hand() -> None:
@@ -213,6 +215,11 @@ def test_config_sets_the_balance_loss_of_every_gate() -> None:
     small = {"encoder_growth": 4, "decoder_channels": [8, 4], "balance_loss": "switch"}
     model = MoEFusion(MoEFusionConfig.from_dict(small)).train()
     assert all(m.balance == "switch" for m in model.modules() if isinstance(m, NoisyTopKGate))
+    per_mixture = MoEFusion(
+        MoEFusionConfig.from_dict({**small, "balance_loss": {"mole": "switch"}})
+    )
+    kinds = [m.balance for m in per_mixture.modules() if isinstance(m, NoisyTopKGate)]
+    assert kinds == ["switch", "switch", "cv2"]
     out = model.fusion(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32))
     assert torch.isfinite(out.load_loss) and out.load_loss.item() > 0
     with pytest.raises(Exception, match="balance_loss must be cv2 or switch"):

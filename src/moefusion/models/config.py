@@ -49,6 +49,34 @@ def _as_tuple(value: Any, name: str, kind: type) -> tuple:
         raise ConfigError(f"{name} must be a list of {kind.__name__}, got {value!r}") from exc
 
 
+#: The mixtures a gate setting can name: the two MoLE gates, the MoGE gate.
+MIXTURES = ("mole", "moge")
+BALANCE_KINDS = ("cv2", "switch")
+
+
+def _mixture_names(value: Any, name: str) -> tuple[str, ...]:
+    """``true`` (every mixture), ``false`` (none) or a list of :data:`MIXTURES`."""
+    if isinstance(value, bool):
+        return MIXTURES if value else ()
+    names = _as_tuple(value, name, str)
+    unknown = [n for n in names if n not in MIXTURES]
+    _check(not unknown, f"{name}: unknown mixture(s) {unknown}; use {', '.join(MIXTURES)}")
+    return tuple(n for n in MIXTURES if n in names)
+
+
+def _balance_kinds(value: Any, name: str) -> dict[str, str]:
+    """One kind for every mixture (``"switch"``) or ``{mixture: kind}`` (missing: cv2)."""
+    if isinstance(value, str):
+        value = dict.fromkeys(MIXTURES, value)
+    _check(isinstance(value, Mapping), f"{name} must be a kind or a mapping, got {value!r}")
+    unknown = [k for k in value if k not in MIXTURES]
+    _check(not unknown, f"{name}: unknown mixture(s) {unknown}; use {', '.join(MIXTURES)}")
+    kinds = {m: str(value.get(m, "cv2")) for m in MIXTURES}
+    bad = {m: k for m, k in kinds.items() if k not in BALANCE_KINDS}
+    _check(not bad, f"{name} must be cv2 or switch, got {bad}")
+    return kinds
+
+
 def _to_builtin(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _to_builtin(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -200,10 +228,12 @@ class MoEFusionConfig:
         noisy_gating: Shazeer et al.'s trainable Gaussian noise on the gate logits
             (training only).
         noise_epsilon: minimum noise standard deviation.
-        gate_input_norm: standardise each gate's pooled input per sample before its
-            weights (deviation 28; off in the paper and the release).
-        balance_loss: ``"cv2"`` (paper, release: cv^2 of importance and load) or
-            ``"switch"`` (the Switch Transformer loss, deviation 29).
+        gate_input_norm: the mixtures (``"mole"``, ``"moge"``; ``true``: both) whose
+            gates standardise their pooled input per sample before their weights
+            (deviation 28; none in the paper and the release).
+        balance_loss: the load-balancing loss, ``"cv2"`` (paper, release: cv^2 of
+            importance and load) or ``"switch"`` (the Switch Transformer loss, deviation
+            29), for every mixture or per mixture (``{mole: switch, moge: cv2}``).
         mole_load_weight: coefficient of each MoLE load-balancing term.
         moge_load_weight: coefficient of the MoGE load-balancing term.
         combine: ``"linear"`` (paper eqs. 2 and 4) or ``"log"`` (release: log of the
@@ -221,8 +251,8 @@ class MoEFusionConfig:
     gate_grid: tuple[int, int] = (15, 20)
     noisy_gating: bool = True
     noise_epsilon: float = 0.01
-    gate_input_norm: bool = False
-    balance_loss: str = "cv2"
+    gate_input_norm: tuple[str, ...] = ()
+    balance_loss: dict[str, str] = field(default_factory=lambda: dict.fromkeys(MIXTURES, "cv2"))
     mole_load_weight: float = 0.01
     moge_load_weight: float = 0.02
     combine: str = "linear"
@@ -234,6 +264,8 @@ class MoEFusionConfig:
             self.detector = DetectorConfig.from_dict(self.detector)
         self.decoder_channels = _as_tuple(self.decoder_channels, "decoder_channels", int)
         self.gate_grid = _as_tuple(self.gate_grid, "gate_grid", int)  # type: ignore[assignment]
+        self.gate_input_norm = _mixture_names(self.gate_input_norm, "gate_input_norm")
+        self.balance_loss = _balance_kinds(self.balance_loss, "balance_loss")
         self.validate()
 
     def validate(self) -> None:
@@ -260,10 +292,6 @@ class MoEFusionConfig:
         _check(
             len(self.gate_grid) == 2 and all(g >= 1 for g in self.gate_grid),
             f"gate_grid must be two positive ints (H_g, W_g), got {list(self.gate_grid)}",
-        )
-        _check(
-            self.balance_loss in ("cv2", "switch"),
-            f"balance_loss must be cv2 or switch, got {self.balance_loss!r}",
         )
         _check(self.noise_epsilon >= 0, f"noise_epsilon must be >= 0, got {self.noise_epsilon}")
         _check(

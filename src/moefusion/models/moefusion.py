@@ -101,14 +101,20 @@ class FusionNetwork(nn.Module):
             "noisy": config.noisy_gating,
             "noise_epsilon": config.noise_epsilon,
             "combine": config.combine,
-            "input_norm": config.gate_input_norm,
-            "balance": config.balance_loss,
         }
+
+        def gate_of(mixture: str) -> dict[str, Any]:
+            return {
+                **gate_kwargs,
+                "input_norm": mixture in config.gate_input_norm,
+                "balance": config.balance_loss[mixture],
+            }
+
         local: nn.Module | None
         if config.variant in ("full", "no_moge"):
             mixtures = [
                 build_local_mixture(
-                    g, config.num_experts, config.top_k, config.local_hidden, **gate_kwargs
+                    g, config.num_experts, config.top_k, config.local_hidden, **gate_of("mole")
                 )
                 for _ in range(2)
             ]
@@ -134,7 +140,7 @@ class FusionNetwork(nn.Module):
                 config.num_experts,
                 config.top_k,
                 config.decoder_channels,
-                **gate_kwargs,
+                **gate_of("moge"),
             )
             global_stage = MixtureOfGlobalExperts(mixture, load_weight=config.moge_load_weight)
         return cls(DenseEncoder(1, g), DenseEncoder(1, g), local, global_stage)
