@@ -11,9 +11,10 @@ was among the selected top-k (:func:`moefusion.studies.routing.selections`). An 
 A second table says how firmly each gate routes (:func:`moefusion.studies.routing.
 gate_logits_of`): the spread of its clean logits across pairs (how much routing depends
 on the input), the median gap between the K-th and (K+1)-th clean logit (how far a pair
-is from another expert set), and the median noise standard deviation the gate adds in
-training. A gap far below the noise means training routed at random and inference routes
-on small, nearly input-independent logit differences. Reads gates only; nothing is tuned.
+is from another expert set), and per expert the median noise standard deviation the gate
+adds to its logit in training. A gap far below the noise means training routed at random
+and inference routes on small, nearly input-independent logit differences. Reads gates
+only; nothing is tuned.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ def usage(fuser: Fuser, pairs: list, desc: str) -> dict[str, np.ndarray]:
     return {name: selections(g).mean(0) for name, g in gates_of(fuser, pairs, desc).items()}
 
 
-def firmness(fuser: Fuser, pairs: list, desc: str) -> dict[str, tuple[float, float, float]]:
-    """``{mixture: (logit spread, median top-K gap, median training noise std)}``."""
+def firmness(fuser: Fuser, pairs: list, desc: str) -> dict[str, tuple[float, float, np.ndarray]]:
+    """``{mixture: (logit spread, median top-K gap, [N] median training noise std)}``."""
     return {
-        name: (g.spread(), float(np.median(g.margins())), float(np.median(g.noise_std)))
+        name: (g.spread(), float(np.median(g.margins())), np.median(g.noise_std, axis=0))
         for name, g in gate_logits_of(fuser, pairs, desc).items()
     }
 
@@ -70,12 +71,13 @@ def main() -> None:
             print(f"| {w} | {mixture} | {cells} | {share.min():.3f} |")
     print()
     header = ("weights", "mixture", "logit spread across pairs", "median top-k gap",
-              "median training noise std")  # fmt: skip
+              "training noise std per expert (median)")  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|---|---|---|---|---|")
     for w, fuser in fusers.items():
         for mixture, (spread, gap, noise) in firmness(fuser, pairs, w.name).items():
-            print(f"| {w} | {mixture} | {spread:.4f} | {gap:.4f} | {noise:.4f} |")
+            noises = " / ".join(f"{x:.3g}" for x in noise)
+            print(f"| {w} | {mixture} | {spread:.4f} | {gap:.4f} | {noises} |")
 
 
 if __name__ == "__main__":
