@@ -207,12 +207,12 @@ def split_part_pairs(
     for name in names:
         if name not in split["datasets"]:
             raise ConfigError(f"dataset {name!r} is not in the split")
-        stems = split["datasets"][name].get(part, [])
+        stems = set(split["datasets"][name].get(part, []))
         if not stems:
             out[name] = []
             continue
-        pairs = [p for p in dataset_pairs(Path(data_root) / name) if p.stem in set(stems)]
-        missing = sorted(set(stems) - {p.stem for p in pairs})
+        pairs = [p for p in dataset_pairs(Path(data_root) / name) if p.stem in stems]
+        missing = sorted(stems - {p.stem for p in pairs})
         if missing:
             raise ConfigError(
                 f"{len(missing)} {part} stem(s) of {name!r} have no pair under "

@@ -51,7 +51,8 @@ def _as_tuple(value: Any, name: str, kind: type) -> tuple:
 
 #: The mixtures a gate setting can name: the two MoLE gates, the MoGE gate.
 MIXTURES = ("mole", "moge")
-BALANCE_KINDS = ("cv2", "switch")
+#: Balancing losses a gate can report (:meth:`moefusion.models.GateOutput.balancing_loss`).
+BALANCE_LOSSES = ("cv2", "switch")
 
 
 def _mixture_names(value: Any, name: str) -> tuple[str, ...]:
@@ -72,8 +73,8 @@ def _balance_kinds(value: Any, name: str) -> dict[str, str]:
     unknown = [k for k in value if k not in MIXTURES]
     _check(not unknown, f"{name}: unknown mixture(s) {unknown}; use {', '.join(MIXTURES)}")
     kinds = {m: str(value.get(m, "cv2")) for m in MIXTURES}
-    bad = {m: k for m, k in kinds.items() if k not in BALANCE_KINDS}
-    _check(not bad, f"{name} must be cv2 or switch, got {bad}")
+    bad = {m: k for m, k in kinds.items() if k not in BALANCE_LOSSES}
+    _check(not bad, f"{name} must be {' or '.join(BALANCE_LOSSES)}, got {bad}")
     return kinds
 
 

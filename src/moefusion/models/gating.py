@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: Balancing losses a gate can report (:meth:`GateOutput.balancing_loss`).
-BALANCE_LOSSES = ("cv2", "switch")
+from moefusion.models.config import BALANCE_LOSSES
 
 
 def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
@@ -253,6 +252,14 @@ class NoisyTopKGate(nn.Module):
         # eps far below LayerNorm's 1e-5: MoLE gate inputs have a variance near 1e-5
         return F.layer_norm(s, s.shape[1:], eps=1e-12)
 
+    def noise_std(self, s: Tensor) -> Tensor:
+        """Training noise scale ``softplus(s . W_noise) + epsilon`` of flattened inputs.
+
+        Shapes:
+            ``s [B, C*H_g*W_g]`` (:meth:`flatten_input`) -> ``[B, N]``.
+        """
+        return F.softplus(s @ self.w_noise) + self.noise_epsilon
+
     def forward(self, x: Tensor | Sequence[Tensor]) -> GateOutput:
         s = self.flatten_input(x)
         clean_logits = s @ self.w_gate
@@ -260,7 +267,7 @@ class NoisyTopKGate(nn.Module):
             clean_logits = self.logit_filter(clean_logits)
         use_noise = self.noisy and self.training
         if use_noise:
-            noise_std = F.softplus(s @ self.w_noise) + self.noise_epsilon
+            noise_std = self.noise_std(s)
             logits = clean_logits + torch.randn_like(clean_logits) * noise_std
         else:
             logits = clean_logits

@@ -160,7 +160,6 @@ def gate_logits_of(
         ``{"mole_fg" | "mole_bg" | "moge": GateLogits}``, the gates the variant has.
     """
     import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
     from moefusion.data import load_pair
@@ -181,7 +180,7 @@ def gate_logits_of(
             with torch.no_grad():
                 s = gate.flatten_input(inputs[0])
                 clean = s @ gate.w_gate
-                std = F.softplus(s @ gate.w_noise) + gate.noise_epsilon
+                std = gate.noise_std(s)
             rows[name].append((clean.float().cpu().numpy(), std.float().cpu().numpy()))
 
         return hook
