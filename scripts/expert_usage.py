@@ -27,21 +27,21 @@ import torch
 
 from moefusion import Fuser
 from moefusion.data import SHARED_DATASETS, resolve_split, split_part_pairs
-from moefusion.studies.routing import gate_logits_of, gates_of, selections
+from moefusion.studies.routing import GateLogits, gate_logits_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def usage(fuser: Fuser, pairs: list, desc: str) -> dict[str, np.ndarray]:
-    """``{mixture: [N]}`` share of ``pairs`` on which each expert was selected."""
-    return {name: selections(g).mean(0) for name, g in gates_of(fuser, pairs, desc).items()}
+def usage(logits: dict[str, GateLogits]) -> dict[str, np.ndarray]:
+    """``{mixture: [N]}`` share of the pairs on which each expert was selected."""
+    return {name: g.usage() for name, g in logits.items()}
 
 
-def firmness(fuser: Fuser, pairs: list, desc: str) -> dict[str, tuple[float, float, np.ndarray]]:
+def firmness(logits: dict[str, GateLogits]) -> dict[str, tuple[float, float, np.ndarray]]:
     """``{mixture: (logit spread, median top-K gap, [N] median training noise std)}``."""
     return {
         name: (g.spread(), float(np.median(g.margins())), np.median(g.noise_std, axis=0))
-        for name, g in gate_logits_of(fuser, pairs, desc).items()
+        for name, g in logits.items()
     }
 
 
@@ -60,8 +60,11 @@ def main() -> None:
     print(f"`python scripts/expert_usage.py --part {args.part}`: {len(pairs)} pairs of the")
     print(f"{args.part} part of {args.split}; share of pairs on which each expert was selected")
     print()
-    fusers = {w: Fuser.from_file(w, device="cpu") for w in args.weights}
-    results = {w: usage(f, pairs, w.name) for w, f in fusers.items()}
+    # one pass per weights file: the gate hooks record the weights and the logits
+    logits = {
+        w: gate_logits_of(Fuser.from_file(w, device="cpu"), pairs, w.name) for w in args.weights
+    }
+    results = {w: usage(g) for w, g in logits.items()}
     n = max(len(share) for r in results.values() for share in r.values())
     print("| weights | mixture | " + " | ".join(f"expert {i}" for i in range(n)) + " | lowest |")
     print("|---|---|" + "---|" * (n + 1))
@@ -74,8 +77,8 @@ def main() -> None:
               "training noise std per expert (median)")  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|---|---|---|---|---|")
-    for w, fuser in fusers.items():
-        for mixture, (spread, gap, noise) in firmness(fuser, pairs, w.name).items():
+    for w, gates in logits.items():
+        for mixture, (spread, gap, noise) in firmness(gates).items():
             noises = " / ".join(f"{x:.3g}" for x in noise)
             print(f"| {w} | {mixture} | {spread:.4f} | {gap:.4f} | {noises} |")
 

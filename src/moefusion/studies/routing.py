@@ -128,11 +128,21 @@ class GateLogits:
         clean: ``[n, N]`` clean logits ``s . W_gate`` (what inference routes on).
         noise_std: ``[n, N]`` training-time noise standard deviation
             ``softplus(s . W_noise) + epsilon`` for the same inputs.
+        weights: ``[n, N]`` the gate weights fusion used (0 for unselected experts, and
+            for a selected one whose softmax weight underflowed); ``None`` when not recorded.
     """
 
     k: int
     clean: np.ndarray
     noise_std: np.ndarray
+    weights: np.ndarray | None = None
+
+    def usage(self) -> np.ndarray:
+        """``[N]`` share of pairs on which each expert got a non-zero weight (as
+        :func:`selections` of the fused gates)."""
+        if self.weights is None:
+            raise ValueError("these gate logits were recorded without the gate weights")
+        return selections(self.weights).mean(axis=0)
 
     def margins(self) -> np.ndarray:
         """``[n]`` gap between the K-th and the (K+1)-th largest clean logit of each pair:
@@ -157,7 +167,8 @@ def gate_logits_of(
     and the routing are those of a plain :meth:`Fuser.fuse`. Untiled fusion only.
 
     Returns:
-        ``{"mole_fg" | "mole_bg" | "moge": GateLogits}``, the gates the variant has.
+        ``{"mole_fg" | "mole_bg" | "moge": GateLogits}``, the gates the variant has, with
+        the gate weights the fusion used (``GateLogits.usage``).
     """
     import torch
     from tqdm import tqdm
@@ -173,15 +184,16 @@ def gate_logits_of(
         gates["mole_bg"] = fusion.local.background.gate
     if isinstance(fusion.global_stage, MixtureOfGlobalExperts):
         gates["moge"] = fusion.global_stage.mixture.gate
-    rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in gates}
+    rows: dict[str, list[tuple[np.ndarray, ...]]] = {name: [] for name in gates}
 
     def record(name: str):
-        def hook(gate, inputs, _output) -> None:
+        def hook(gate, inputs, output) -> None:
             with torch.no_grad():
                 s = gate.flatten_input(inputs[0])
                 clean = s @ gate.w_gate
                 std = gate.noise_std(s)
-            rows[name].append((clean.float().cpu().numpy(), std.float().cpu().numpy()))
+            arrays = (clean, std, output.gates)
+            rows[name].append(tuple(a.float().cpu().numpy() for a in arrays))
 
         return hook
 
@@ -196,8 +208,9 @@ def gate_logits_of(
     return {
         name: GateLogits(
             k=gates[name].k,
-            clean=np.concatenate([c for c, _ in r]),
-            noise_std=np.concatenate([s for _, s in r]),
+            clean=np.concatenate([c for c, _, _ in r]),
+            noise_std=np.concatenate([s for _, s, _ in r]),
+            weights=np.concatenate([w for _, _, w in r]),
         )
         for name, r in rows.items()
         if r
