@@ -148,6 +148,14 @@ def test_split_part_pairs_follow_the_split(tmp_path: Path) -> None:
     assert list(val) == ["b", "a"] and val["b"] == [] and [p.stem for p in val["a"]] == ["a2"]
     with pytest.raises(ConfigError, match="'c' is not in the split"):
         split_part_pairs(tmp_path, split, "train", ["c"])
+    # datasets that lie apart: {name: folder}
+    _write_dataset(tmp_path / "elsewhere" / "b-copy", ["b1", "b2"])
+    apart = split_part_pairs({"a": tmp_path / "a", "b": tmp_path / "elsewhere" / "b-copy"},
+                             split, "test")  # fmt: skip
+    assert [p.stem for p in apart["b"]] == ["b2"]
+    assert apart["b"][0].vi == tmp_path / "elsewhere" / "b-copy" / "vi" / "b2.png"
+    with pytest.raises(ConfigError, match="no folder given for dataset 'b'"):
+        split_part_pairs({"a": tmp_path / "a"}, split, "train")
     (tmp_path / "a" / "ir" / "a4.png").unlink()
     (tmp_path / "a" / "vi" / "a4.png").unlink()
     with pytest.raises(ConfigError, match="1 test stem.*'a'.*a4"):

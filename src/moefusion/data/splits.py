@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,7 +179,7 @@ def resolve_split(name_or_path: str | None) -> dict[str, Any] | None:
 
 
 def split_part_pairs(
-    data_root: str | Path,
+    data_root: str | Path | Mapping[str, str | Path],
     split: dict[str, Any],
     part: str,
     datasets: Sequence[str] | None = None,
@@ -187,7 +187,8 @@ def split_part_pairs(
     """The pairs of one split part, per dataset folder ``data_root/NAME``.
 
     Args:
-        data_root: folder holding one ``NAME/ir``, ``NAME/vi`` dataset per split dataset.
+        data_root: folder holding one ``NAME/ir``, ``NAME/vi`` dataset per split dataset,
+            or ``{NAME: folder}`` where the datasets lie apart (a run config's roots).
         split: a loaded split (:func:`load_split`, :func:`resolve_split`).
         part: ``"train"``, ``"val"`` or ``"test"``.
         datasets: which datasets, in this order; default: every dataset of the split.
@@ -203,6 +204,10 @@ def split_part_pairs(
     from moefusion.data.pairs import dataset_pairs
 
     names = list(split["datasets"]) if datasets is None else list(datasets)
+    if isinstance(data_root, Mapping):
+        folders = {name: Path(data_root[name]) for name in names if name in data_root}
+    else:
+        folders = {name: Path(data_root) / name for name in names}
     out: dict[str, list[Pair]] = {}
     for name in names:
         if name not in split["datasets"]:
@@ -211,12 +216,14 @@ def split_part_pairs(
         if not stems:
             out[name] = []
             continue
-        pairs = [p for p in dataset_pairs(Path(data_root) / name) if p.stem in stems]
+        if name not in folders:
+            raise ConfigError(f"no folder given for dataset {name!r}")
+        pairs = [p for p in dataset_pairs(folders[name]) if p.stem in stems]
         missing = sorted(stems - {p.stem for p in pairs})
         if missing:
             raise ConfigError(
                 f"{len(missing)} {part} stem(s) of {name!r} have no pair under "
-                f"{Path(data_root) / name}: {', '.join(missing[:5])}"
+                f"{folders[name]}: {', '.join(missing[:5])}"
             )
         out[name] = pairs
     return out

@@ -201,20 +201,16 @@ def run_folder(out: Path, variant: Variant, seed: int, key: str) -> Path:
 
 def heldout_pairs(config: Mapping[str, Any]) -> dict[str, list[Any]]:
     """{dataset name: its held-out pairs} from the run config's datasets and split."""
-    from moefusion.data import resolve_split
+    from moefusion.data import resolve_split, split_part_pairs
     from moefusion.training.config import DataConfig
 
     data = DataConfig.coerce(config["data"])
     split = resolve_split(data.split)
     if split is None:
         raise ConfigError("a study evaluates on the split's test part: the config has no split")
-    pairs: dict[str, list[Any]] = {}
-    for entry in data.datasets:
-        name = entry.dataset_name
-        test = set(split["datasets"].get(name, {}).get("test", []))
-        chosen = [p for p in dataset_pairs(Path(entry.root)) if p.stem in test]
-        if chosen:
-            pairs[name] = chosen
+    roots = {e.dataset_name: e.root for e in data.datasets if e.dataset_name in split["datasets"]}
+    per_dataset = split_part_pairs(roots, split, "test", list(roots))
+    pairs: dict[str, list[Any]] = {name: chosen for name, chosen in per_dataset.items() if chosen}
     if not pairs:
         raise MoEFusionError("the split holds no test pairs for these datasets")
     return pairs
