@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -224,3 +226,63 @@ def test_config_sets_the_balance_loss_of_every_gate() -> None:
     assert torch.isfinite(out.load_loss) and out.load_loss.item() > 0
     with pytest.raises(Exception, match="balance_loss must be cv2 or switch"):
         MoEFusionConfig.from_dict({**small, "balance_loss": "x"})
+
+
+def test_router_z_loss_by_hand_and_in_the_auxiliary_loss() -> None:
+    gates = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    common = {"gates": gates, "load": gates_to_load(gates), "importance": gates.sum(0)}
+    out = GateOutput(logits=logits, indices=torch.tensor([[0, 1]]), z_weight=0.5, **common)
+    # logsumexp of four zeros = log 4
+    assert out.z_loss().item() == pytest.approx(math.log(4) ** 2)
+    base = out.balancing_loss().item()
+    assert out.auxiliary_loss(0.1).item() == pytest.approx(0.1 * base + 0.5 * math.log(4) ** 2)
+    off = GateOutput(logits=logits, indices=torch.tensor([[0, 1]]), **common)
+    assert off.auxiliary_loss(0.1).item() == pytest.approx(0.1 * base)
+    with pytest.raises(ValueError, match="z_weight must be >= 0"):
+        NoisyTopKGate(3, 4, 2, z_weight=-1.0)
+
+
+def test_router_z_loss_shrinks_saturated_logits() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 6, 8)
+    gate = NoisyTopKGate(3, 4, 2, grid=(3, 4), noisy=False, z_weight=1.0)
+    with torch.no_grad():
+        gate.w_gate[:, 0] = 5.0  # expert 0 takes (nearly) the whole weight
+    out = gate(x)
+    assert out.gates[:, 0].min().item() > 0.99
+    out.auxiliary_loss(0.0).backward()
+    # descending the z-loss lowers the dominant logit
+    assert gate.w_gate.grad[:, 0].sum().item() > 0
+
+
+def test_config_sets_the_router_z_weight_per_mixture() -> None:
+    from moefusion.models import MoEFusion
+    from moefusion.models.config import MoEFusionConfig
+
+    small = {"encoder_growth": 4, "decoder_channels": [8, 4]}
+    assert MoEFusionConfig().router_z_weight == {"mole": 0.0, "moge": 0.0}
+    model = MoEFusion(MoEFusionConfig.from_dict({**small, "router_z_weight": {"moge": 1e-3}}))
+    weights = [m.z_weight for m in model.modules() if isinstance(m, NoisyTopKGate)]
+    assert weights == [0.0, 0.0, 1e-3]  # fg, bg, moge
+    every = MoEFusionConfig.from_dict({**small, "router_z_weight": 0.01}).router_z_weight
+    assert every == {"mole": 0.01, "moge": 0.01}
+    # the z term reaches the model's load loss
+    torch.manual_seed(0)
+    args = (torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32))
+    plain = MoEFusion(MoEFusionConfig.from_dict(small)).train()
+    heavy = MoEFusion(MoEFusionConfig.from_dict({**small, "router_z_weight": 100.0})).train()
+    heavy.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for m in (plain, heavy):
+            for g in (g for g in m.modules() if isinstance(g, NoisyTopKGate)):
+                g.w_gate.fill_(0.1)
+    torch.manual_seed(1)
+    low = plain.fusion(*args).load_loss.item()
+    torch.manual_seed(1)
+    high = heavy.fusion(*args).load_loss.item()
+    assert high > low + 100.0  # three gates, each z-loss >= log(4)^2 ~ 1.9
+    with pytest.raises(Exception, match="router_z_weight must be >= 0"):
+        MoEFusionConfig.from_dict({**small, "router_z_weight": -1})
+    with pytest.raises(Exception, match="unknown mixture"):
+        MoEFusionConfig.from_dict({**small, "router_z_weight": {"gates": 1.0}})

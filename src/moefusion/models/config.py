@@ -78,6 +78,22 @@ def _balance_kinds(value: Any, name: str) -> dict[str, str]:
     return kinds
 
 
+def _mixture_weights(value: Any, name: str) -> dict[str, float]:
+    """One weight for every mixture (``0.001``) or ``{mixture: weight}`` (missing: 0)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = dict.fromkeys(MIXTURES, value)
+    _check(isinstance(value, Mapping), f"{name} must be a number or a mapping, got {value!r}")
+    unknown = [k for k in value if k not in MIXTURES]
+    _check(not unknown, f"{name}: unknown mixture(s) {unknown}; use {', '.join(MIXTURES)}")
+    try:
+        weights = {m: float(value.get(m, 0.0)) for m in MIXTURES}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must hold numbers, got {dict(value)}") from exc
+    bad = {m: w for m, w in weights.items() if not w >= 0}
+    _check(not bad, f"{name} must be >= 0, got {bad}")
+    return weights
+
+
 def _to_builtin(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _to_builtin(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -235,6 +251,8 @@ class MoEFusionConfig:
         balance_loss: the load-balancing loss, ``"cv2"`` (paper, release: cv^2 of
             importance and load) or ``"switch"`` (the Switch Transformer loss, deviation
             29), for every mixture or per mixture (``{mole: switch, moge: cv2}``).
+        router_z_weight: coefficient of the router z-loss (ST-MoE; deviation 30, 0 in
+            the paper and the release), for every mixture or per mixture (``{moge: 1e-3}``).
         mole_load_weight: coefficient of each MoLE load-balancing term.
         moge_load_weight: coefficient of the MoGE load-balancing term.
         combine: ``"linear"`` (paper eqs. 2 and 4) or ``"log"`` (release: log of the
@@ -254,6 +272,7 @@ class MoEFusionConfig:
     noise_epsilon: float = 0.01
     gate_input_norm: tuple[str, ...] = ()
     balance_loss: dict[str, str] = field(default_factory=lambda: dict.fromkeys(MIXTURES, "cv2"))
+    router_z_weight: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MIXTURES, 0.0))
     mole_load_weight: float = 0.01
     moge_load_weight: float = 0.02
     combine: str = "linear"
@@ -267,6 +286,7 @@ class MoEFusionConfig:
         self.gate_grid = _as_tuple(self.gate_grid, "gate_grid", int)  # type: ignore[assignment]
         self.gate_input_norm = _mixture_names(self.gate_input_norm, "gate_input_norm")
         self.balance_loss = _balance_kinds(self.balance_loss, "balance_loss")
+        self.router_z_weight = _mixture_weights(self.router_z_weight, "router_z_weight")
         self.validate()
 
     def validate(self) -> None:

@@ -131,6 +131,7 @@ class GateOutput:
             input of the ``"switch"`` balancing loss; None if not computed.
         balance: which balancing loss :meth:`balancing_loss` returns, ``"cv2"`` or
             ``"switch"``.
+        z_weight: coefficient of the router z-loss in :meth:`auxiliary_loss` (0: none).
     """
 
     gates: Tensor
@@ -140,6 +141,7 @@ class GateOutput:
     indices: Tensor
     probs: Tensor | None = None
     balance: str = "cv2"
+    z_weight: float = 0.0
 
     def balancing_loss(self) -> Tensor:
         """The unweighted balancing loss, a scalar.
@@ -160,6 +162,21 @@ class GateOutput:
         share = (self.gates > 0).float().mean(0)
         return n / k * (share * self.probs.float().mean(0)).sum()
 
+    def z_loss(self) -> Tensor:
+        """Router z-loss (Zoph et al., ST-MoE): ``mean_b logsumexp(logits_b)^2`` of the
+        clean logits, a scalar. It keeps the logits small, so the top-K softmax does
+        not saturate (one expert at weight 1, the other's underflowing to 0) and the
+        balancing loss keeps a gradient."""
+        return torch.logsumexp(self.logits.float(), dim=1).square().mean()
+
+    def auxiliary_loss(self, load_weight: float) -> Tensor:
+        """``load_weight * balancing_loss() + z_weight * z_loss()``: what the gate adds
+        to the training loss (the z term only where ``z_weight > 0``)."""
+        loss = load_weight * self.balancing_loss()
+        if self.z_weight > 0:
+            loss = loss + self.z_weight * self.z_loss()
+        return loss
+
 
 class NoisyTopKGate(nn.Module):
     """Noisy top-K gate over a feature map of any size.
@@ -177,6 +194,8 @@ class NoisyTopKGate(nn.Module):
             Off in the paper and the release (docs/architecture.md, deviation 28).
         balance: balancing loss of :class:`GateOutput`, ``"cv2"`` (paper, release) or
             ``"switch"`` (deviation 29).
+        z_weight: coefficient of the router z-loss (:meth:`GateOutput.z_loss`); 0 in
+            the paper and the release (deviation 30).
 
     ``W_gate`` and ``W_noise`` (``[C*H_g*W_g, N]``) start at zero as in the release: every
     expert starts with the same logit, so the first routing decisions come from the
@@ -202,12 +221,15 @@ class NoisyTopKGate(nn.Module):
         noise_epsilon: float = 1e-2,
         input_norm: bool = False,
         balance: str = "cv2",
+        z_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if not 1 <= k <= num_experts:
             raise ValueError(f"k must be in [1, {num_experts}], got {k}")
         if balance not in BALANCE_LOSSES:
             raise ValueError(f"balance must be one of {', '.join(BALANCE_LOSSES)}, got {balance!r}")
+        if not z_weight >= 0:
+            raise ValueError(f"z_weight must be >= 0, got {z_weight}")
         self.in_channels = in_channels
         self.num_experts = num_experts
         self.k = k
@@ -216,6 +238,7 @@ class NoisyTopKGate(nn.Module):
         self.noise_epsilon = noise_epsilon
         self.input_norm = input_norm
         self.balance = balance
+        self.z_weight = float(z_weight)
         # pooling implementation: native op, or a summed-area table for export
         self.export_friendly = False
         # eval-mode hook on the clean logits before top-K (temporal smoothing of videos)
@@ -230,6 +253,7 @@ class NoisyTopKGate(nn.Module):
             f"grid={self.grid}, noisy={self.noisy}"
             + (", input_norm=True" if self.input_norm else "")
             + (f", balance={self.balance!r}" if self.balance != "cv2" else "")
+            + (f", z_weight={self.z_weight:g}" if self.z_weight else "")
         )
 
     def flatten_input(self, x: Tensor | Sequence[Tensor]) -> Tensor:
@@ -288,4 +312,5 @@ class NoisyTopKGate(nn.Module):
             indices=indices,
             probs=probs,
             balance=self.balance,
+            z_weight=self.z_weight,
         )

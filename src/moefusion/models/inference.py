@@ -318,8 +318,8 @@ class FastMoEFusion(nn.Module):
             inputs = route_by_modality(x_vis, x_ir, mixture.num_experts)
             ys.append(_combine(mixture.experts, inputs, gate.gates, run_local))
             gates[f"mole_{name}"] = gate.gates
-            load.append(gate.balancing_loss())
-        load_loss = local.load_weight * (load[0] + load[1])
+            load.append(gate.auxiliary_loss(local.load_weight))
+        load_loss = load[0] + load[1]
         del masked, inverse, enc_vis, enc_ir
 
         x_f = torch.cat([*feats_vis, *feats_ir, *ys], dim=1)
@@ -341,5 +341,5 @@ class FastMoEFusion(nn.Module):
             glob.mixture.experts, [x_f] * glob.mixture.num_experts, gate.gates, run_global
         )
         gates["moge"] = gate.gates
-        load_loss = load_loss + glob.load_weight * gate.balancing_loss()
+        load_loss = load_loss + gate.auxiliary_loss(glob.load_weight)
         return fused, gates, load_loss

@@ -108,6 +108,7 @@ class FusionNetwork(nn.Module):
                 **gate_kwargs,
                 "input_norm": mixture in config.gate_input_norm,
                 "balance": config.balance_loss[mixture],
+                "z_weight": config.router_z_weight[mixture],
             }
 
         local: nn.Module | None

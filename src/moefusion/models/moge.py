@@ -21,10 +21,11 @@ def build_global_mixture(
     combine: str = "linear",
     input_norm: bool = False,
     balance: str = "cv2",
+    z_weight: float = 0.0,
 ) -> ExpertMixture:
     """The MoGE mixture: a gate on ``x_f`` and N decoders, all of them seeing ``x_f``."""
     gate = NoisyTopKGate(
-        in_channels, num_experts, top_k, grid, noisy, noise_epsilon, input_norm, balance
+        in_channels, num_experts, top_k, grid, noisy, noise_epsilon, input_norm, balance, z_weight
     )
     experts = [GlobalExpert(in_channels, hidden) for _ in range(num_experts)]
     return ExpertMixture(gate, experts, combine)
@@ -53,7 +54,7 @@ class MixtureOfGlobalExperts(nn.Module):
         return BranchOutput(
             features=fused,
             gates={"moge": gate_out.gates},
-            load_loss=self.load_weight * gate_out.balancing_loss(),
+            load_loss=gate_out.auxiliary_loss(self.load_weight),
         )
 
 

@@ -43,10 +43,11 @@ def build_local_mixture(
     combine: str = "linear",
     input_norm: bool = False,
     balance: str = "cv2",
+    z_weight: float = 0.0,
 ) -> ExpertMixture:
     """One MoLE mixture: a gate over ``2*channels`` (both modalities) and N local experts."""
     gate = NoisyTopKGate(
-        2 * channels, num_experts, top_k, grid, noisy, noise_epsilon, input_norm, balance
+        2 * channels, num_experts, top_k, grid, noisy, noise_epsilon, input_norm, balance, z_weight
     )
     experts = [LocalExpert(channels, hidden) for _ in range(num_experts)]
     return ExpertMixture(gate, experts, combine)
@@ -91,7 +92,9 @@ class MixtureOfLocalExperts(nn.Module):
         y_bg, gate_bg = self.background(
             [bg_vis, bg_ir], route_by_modality(bg_vis, bg_ir, self.background.num_experts)
         )
-        load_loss = self.load_weight * (gate_fg.balancing_loss() + gate_bg.balancing_loss())
+        load_loss = gate_fg.auxiliary_loss(self.load_weight) + gate_bg.auxiliary_loss(
+            self.load_weight
+        )
         return BranchOutput(
             features=torch.cat([y_fg, y_bg], dim=1),
             gates={"mole_fg": gate_fg.gates, "mole_bg": gate_bg.gates},
