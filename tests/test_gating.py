@@ -224,7 +224,7 @@ def test_config_sets_the_balance_loss_of_every_gate() -> None:
     assert kinds == ["switch", "switch", "cv2"]
     out = model.fusion(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32))
     assert torch.isfinite(out.load_loss) and out.load_loss.item() > 0
-    with pytest.raises(Exception, match="balance_loss must be cv2 or switch"):
+    with pytest.raises(Exception, match="balance_loss must be one of cv2, switch, bias"):
         MoEFusionConfig.from_dict({**small, "balance_loss": "x"})
 
 
@@ -286,3 +286,66 @@ def test_config_sets_the_router_z_weight_per_mixture() -> None:
         MoEFusionConfig.from_dict({**small, "router_z_weight": -1})
     with pytest.raises(Exception, match="unknown mixture"):
         MoEFusionConfig.from_dict({**small, "router_z_weight": {"gates": 1.0}})
+
+
+def _biased_gate(rate: float = 0.01) -> NoisyTopKGate:
+    gate = NoisyTopKGate(3, 4, 2, grid=(3, 4), noisy=False, balance="bias", bias_rate=rate)
+    with torch.no_grad():
+        gate.w_gate.zero_()
+        gate.w_gate[:, :2] = 1.0  # without the bias every sample selects experts 0 and 1
+    return gate
+
+
+def test_bias_balance_steps_by_the_load_gap_in_training_only() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 6, 8)
+    gate = _biased_gate(rate=0.25)
+    out = gate(x)  # training mode
+    assert set(out.indices.flatten().tolist()) == {0, 1}
+    # loads 8, 8, 0, 0 against a mean of 4
+    assert gate.selection_bias.tolist() == [-0.25, -0.25, 0.25, 0.25]
+    assert out.balancing_loss().item() == 0.0
+    assert out.auxiliary_loss(1.0).item() == 0.0
+    # the clean logits stay unbiased; selection and weights see the bias
+    assert torch.equal(out.logits, gate.flatten_input(x) @ gate.w_gate)
+    with torch.no_grad():
+        gate.selection_bias.copy_(torch.tensor([0.0, -100.0, 100.0, 0.0]))
+    gate.eval()
+    before = gate.selection_bias.clone()
+    assert set(gate(x).indices.flatten().tolist()) == {0, 2}
+    assert torch.equal(gate.selection_bias, before)  # eval never moves it
+
+
+def test_bias_balance_spreads_a_lopsided_gate_over_every_expert() -> None:
+    torch.manual_seed(0)
+    gate = _biased_gate(rate=0.01)
+    with torch.no_grad():
+        gate.w_gate.normal_(0, 0.1)  # input-dependent logits...
+        gate.w_gate[:, 0] += 0.5  # ...with expert 0 far ahead
+    data = torch.rand(64, 3, 6, 8)
+    shares = []
+    for step in range(3000):
+        out = gate(data[torch.randint(0, 64, (4,))])
+        if step >= 2500:
+            shares.append((out.gates > 0).float().mean(0))
+    share = torch.stack(shares).mean(0)
+    assert share.min().item() > 0.35 and share.max().item() < 0.65  # 0.5 is balanced
+    assert gate.selection_bias[0].item() < -0.5  # the favourite was pushed down
+
+
+def test_only_bias_gates_hold_a_selection_bias() -> None:
+    from moefusion.models import MoEFusion
+    from moefusion.models.config import MoEFusionConfig
+
+    small = {"encoder_growth": 4, "decoder_channels": [8, 4]}
+    plain = MoEFusion(MoEFusionConfig.from_dict(small))
+    assert not any("selection_bias" in k for k in plain.state_dict())
+    biased = MoEFusion(MoEFusionConfig.from_dict({**small, "balance_loss": {"moge": "bias"}}))
+    keys = [k for k in biased.state_dict() if "selection_bias" in k]
+    assert len(keys) == 1 and "global" in keys[0]
+    # the buffer travels with the weights: a trained bias survives a save/load
+    with torch.no_grad():
+        biased.fusion.global_stage.mixture.gate.selection_bias.fill_(0.5)
+    again = MoEFusion(MoEFusionConfig.from_dict({**small, "balance_loss": {"moge": "bias"}}))
+    again.load_state_dict(biased.state_dict())
+    assert again.fusion.global_stage.mixture.gate.selection_bias.tolist() == [0.5] * 4

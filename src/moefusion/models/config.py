@@ -52,7 +52,7 @@ def _as_tuple(value: Any, name: str, kind: type) -> tuple:
 #: The mixtures a gate setting can name: the two MoLE gates, the MoGE gate.
 MIXTURES = ("mole", "moge")
 #: Balancing losses a gate can report (:meth:`moefusion.models.GateOutput.balancing_loss`).
-BALANCE_LOSSES = ("cv2", "switch")
+BALANCE_LOSSES = ("cv2", "switch", "bias")
 
 
 def _mixture_names(value: Any, name: str) -> tuple[str, ...]:
@@ -74,7 +74,7 @@ def _balance_kinds(value: Any, name: str) -> dict[str, str]:
     _check(not unknown, f"{name}: unknown mixture(s) {unknown}; use {', '.join(MIXTURES)}")
     kinds = {m: str(value.get(m, "cv2")) for m in MIXTURES}
     bad = {m: k for m, k in kinds.items() if k not in BALANCE_LOSSES}
-    _check(not bad, f"{name} must be {' or '.join(BALANCE_LOSSES)}, got {bad}")
+    _check(not bad, f"{name} must be one of {', '.join(BALANCE_LOSSES)}, got {bad}")
     return kinds
 
 
@@ -250,7 +250,9 @@ class MoEFusionConfig:
             (deviation 28; none in the paper and the release).
         balance_loss: the load-balancing loss, ``"cv2"`` (paper, release: cv^2 of
             importance and load) or ``"switch"`` (the Switch Transformer loss, deviation
-            29), for every mixture or per mixture (``{mole: switch, moge: cv2}``).
+            29), or ``"bias"`` (no loss: a per-expert selection bias nudged towards
+            balanced loads after every training step, deviation 31), for every mixture or
+            per mixture (``{mole: switch, moge: bias}``).
         router_z_weight: coefficient of the router z-loss (ST-MoE; deviation 30, 0 in
             the paper and the release), for every mixture or per mixture (``{moge: 1e-3}``).
         mole_load_weight: coefficient of each MoLE load-balancing term.

@@ -129,8 +129,8 @@ class GateOutput:
         indices: ``[B, K]`` selected experts, best first.
         probs: ``[B, N]`` softmax over all N routing logits (noisy in training), the
             input of the ``"switch"`` balancing loss; None if not computed.
-        balance: which balancing loss :meth:`balancing_loss` returns, ``"cv2"`` or
-            ``"switch"``.
+        balance: which balancing loss :meth:`balancing_loss` returns, ``"cv2"``,
+            ``"switch"`` or ``"bias"`` (none: the gate balances by its selection bias).
         z_weight: coefficient of the router z-loss in :meth:`auxiliary_loss` (0: none).
     """
 
@@ -152,7 +152,10 @@ class GateOutput:
         ``i`` (no gradient) and ``P_i`` the mean softmax probability of ``i`` over all N
         experts; 1 when both are uniform. Unlike ``cv2`` it has a gradient for experts
         that no sample selected, so a gate whose logits are far apart can still move.
+        ``"bias"``: 0 (the gate balances itself, see :class:`NoisyTopKGate`).
         """
+        if self.balance == "bias":
+            return self.gates.new_zeros((), dtype=torch.float32)
         if self.balance == "cv2":
             return cv_squared(self.importance) + cv_squared(self.load)
         if self.probs is None:
@@ -192,10 +195,15 @@ class NoisyTopKGate(nn.Module):
             variance over its ``C*H_g*W_g`` values, no learned scale) before ``W``: the
             logits then see the pattern of the features, not their overall magnitude.
             Off in the paper and the release (docs/architecture.md, deviation 28).
-        balance: balancing loss of :class:`GateOutput`, ``"cv2"`` (paper, release) or
-            ``"switch"`` (deviation 29).
+        balance: balancing loss of :class:`GateOutput`, ``"cv2"`` (paper, release),
+            ``"switch"`` (deviation 29) or ``"bias"`` (deviation 31: no loss; a buffer
+            ``selection_bias [N]`` is added to the logits before the top-K selection and
+            softmax, and after every training forward each expert's entry moves by
+            ``bias_rate`` up if it got fewer samples than the mean in the batch and down
+            if more: auxiliary-loss-free balancing, Wang et al. 2024).
         z_weight: coefficient of the router z-loss (:meth:`GateOutput.z_loss`); 0 in
             the paper and the release (deviation 30).
+        bias_rate: step of the ``"bias"`` update (ignored by the other kinds).
 
     ``W_gate`` and ``W_noise`` (``[C*H_g*W_g, N]``) start at zero as in the release: every
     expert starts with the same logit, so the first routing decisions come from the
@@ -222,6 +230,7 @@ class NoisyTopKGate(nn.Module):
         input_norm: bool = False,
         balance: str = "cv2",
         z_weight: float = 0.0,
+        bias_rate: float = 0.01,
     ) -> None:
         super().__init__()
         if not 1 <= k <= num_experts:
@@ -246,6 +255,13 @@ class NoisyTopKGate(nn.Module):
         in_features = in_channels * self.grid[0] * self.grid[1]
         self.w_gate = nn.Parameter(torch.zeros(in_features, num_experts))
         self.w_noise = nn.Parameter(torch.zeros(in_features, num_experts))
+        self.bias_rate = float(bias_rate)
+        # only the "bias" gates hold it, so every other weights file keeps its keys
+        self.selection_bias: Tensor | None
+        if balance == "bias":
+            self.register_buffer("selection_bias", torch.zeros(num_experts))
+        else:
+            self.selection_bias = None
 
     def extra_repr(self) -> str:
         return (
@@ -276,6 +292,26 @@ class NoisyTopKGate(nn.Module):
         # eps far below LayerNorm's 1e-5: MoLE gate inputs have a variance near 1e-5
         return F.layer_norm(s, s.shape[1:], eps=1e-12)
 
+    def routing_logits(self, clean_logits: Tensor) -> Tensor:
+        """The logits the top-K selection and softmax see: ``clean_logits`` plus the
+        selection bias of a ``"bias"`` gate, unchanged for the other kinds.
+
+        Shapes:
+            ``[B, N] -> [B, N]``.
+        """
+        if self.selection_bias is None:
+            return clean_logits
+        return clean_logits + self.selection_bias.to(clean_logits.dtype)
+
+    @torch.no_grad()
+    def update_selection_bias(self, gates: Tensor) -> None:
+        """One ``"bias"`` step from a batch's gates ``[B, N]``: under-loaded experts up,
+        over-loaded ones down, by ``bias_rate`` (the sign of the load's gap to its mean)."""
+        if self.selection_bias is None:
+            return
+        load = gates_to_load(gates).float()
+        self.selection_bias.add_(self.bias_rate * torch.sign(load.mean() - load))
+
     def noise_std(self, s: Tensor) -> Tensor:
         """Training noise scale ``softplus(s . W_noise) + epsilon`` of flattened inputs.
 
@@ -295,13 +331,18 @@ class NoisyTopKGate(nn.Module):
             logits = clean_logits + torch.randn_like(clean_logits) * noise_std
         else:
             logits = clean_logits
+        # the clean logits stay unbiased (the z-loss reads them); selection sees the bias
+        routed_clean = self.routing_logits(clean_logits)
+        logits = self.routing_logits(logits)
 
         gates, indices = top_k_softmax(logits, self.k)
         if use_noise and self.k < self.num_experts:
             top_values = logits.topk(self.k + 1, dim=1).values
-            load = prob_in_top_k(clean_logits, logits, noise_std, top_values, self.k).sum(0)
+            load = prob_in_top_k(routed_clean, logits, noise_std, top_values, self.k).sum(0)
         else:
             load = gates_to_load(gates)
+        if self.training:
+            self.update_selection_bias(gates)
         # the full softmax only where the switch loss will read it
         probs = torch.softmax(logits, dim=1) if self.balance == "switch" else None
         return GateOutput(

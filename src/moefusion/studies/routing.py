@@ -190,7 +190,7 @@ def gate_logits_of(
         def hook(gate, inputs, output) -> None:
             with torch.no_grad():
                 s = gate.flatten_input(inputs[0])
-                clean = s @ gate.w_gate
+                clean = gate.routing_logits(s @ gate.w_gate)
                 std = gate.noise_std(s)
             arrays = (clean, std, output.gates)
             rows[name].append(tuple(a.float().cpu().numpy() for a in arrays))
