@@ -53,6 +53,8 @@ def _as_tuple(value: Any, name: str, kind: type) -> tuple:
 MIXTURES = ("mole", "moge")
 #: Balancing losses a gate can report (:meth:`moefusion.models.GateOutput.balancing_loss`).
 BALANCE_LOSSES = ("cv2", "switch", "bias")
+#: What standardised gate inputs are scaled to (deviations 28 and 32).
+GATE_INPUT_SCALES = ("variance", "norm")
 
 
 def _mixture_names(value: Any, name: str) -> tuple[str, ...]:
@@ -248,6 +250,8 @@ class MoEFusionConfig:
         gate_input_norm: the mixtures (``"mole"``, ``"moge"``; ``true``: both) whose
             gates standardise their pooled input per sample before their weights
             (deviation 28; none in the paper and the release).
+        gate_input_scale: what those gates standardise to: ``"variance"`` (unit variance
+            per value, deviation 28) or ``"norm"`` (unit L2 norm, deviation 32).
         balance_loss: the load-balancing loss, ``"cv2"`` (paper, release: cv^2 of
             importance and load) or ``"switch"`` (the Switch Transformer loss, deviation
             29), or ``"bias"`` (no loss: a per-expert selection bias nudged towards
@@ -273,6 +277,7 @@ class MoEFusionConfig:
     noisy_gating: bool = True
     noise_epsilon: float = 0.01
     gate_input_norm: tuple[str, ...] = ()
+    gate_input_scale: str = "variance"
     balance_loss: dict[str, str] = field(default_factory=lambda: dict.fromkeys(MIXTURES, "cv2"))
     router_z_weight: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MIXTURES, 0.0))
     mole_load_weight: float = 0.01
@@ -315,6 +320,11 @@ class MoEFusionConfig:
         _check(
             len(self.gate_grid) == 2 and all(g >= 1 for g in self.gate_grid),
             f"gate_grid must be two positive ints (H_g, W_g), got {list(self.gate_grid)}",
+        )
+        _check(
+            self.gate_input_scale in GATE_INPUT_SCALES,
+            f"gate_input_scale must be one of {', '.join(GATE_INPUT_SCALES)}, "
+            f"got {self.gate_input_scale!r}",
         )
         _check(self.noise_epsilon >= 0, f"noise_epsilon must be >= 0, got {self.noise_epsilon}")
         _check(

@@ -192,9 +192,13 @@ class NoisyTopKGate(nn.Module):
         noisy: add trainable Gaussian noise to the logits in training mode.
         noise_epsilon: minimum noise standard deviation.
         input_norm: standardise the flattened input of each sample (zero mean, unit
-            variance over its ``C*H_g*W_g`` values, no learned scale) before ``W``: the
-            logits then see the pattern of the features, not their overall magnitude.
-            Off in the paper and the release (docs/architecture.md, deviation 28).
+            variance over its ``D = C*H_g*W_g`` values, no learned scale) before ``W``:
+            the logits then see the pattern of the features, not their overall
+            magnitude. ``True`` or ``"variance"``; ``"norm"`` also divides by
+            ``sqrt(D)`` (unit L2 norm), so that an Adam step, which moves every weight by
+            about the learning rate, moves a logit by at most ``lr * sqrt(D)`` instead of
+            ``lr * D``. Off in the paper and the release (docs/architecture.md,
+            deviations 28 and 32).
         balance: balancing loss of :class:`GateOutput`, ``"cv2"`` (paper, release),
             ``"switch"`` (deviation 29) or ``"bias"`` (deviation 31: no loss; a buffer
             ``selection_bias [N]`` is added to the logits before the top-K selection and
@@ -227,7 +231,7 @@ class NoisyTopKGate(nn.Module):
         grid: tuple[int, int] = (15, 20),
         noisy: bool = True,
         noise_epsilon: float = 1e-2,
-        input_norm: bool = False,
+        input_norm: bool | str = False,
         balance: str = "cv2",
         z_weight: float = 0.0,
         bias_rate: float = 0.01,
@@ -245,7 +249,11 @@ class NoisyTopKGate(nn.Module):
         self.grid = (int(grid[0]), int(grid[1]))
         self.noisy = noisy
         self.noise_epsilon = noise_epsilon
-        self.input_norm = input_norm
+        if input_norm is True:
+            input_norm = "variance"
+        if input_norm not in (False, "variance", "norm"):
+            raise ValueError(f"input_norm must be False, 'variance' or 'norm', got {input_norm!r}")
+        self.input_norm: str | bool = input_norm
         self.balance = balance
         self.z_weight = float(z_weight)
         # pooling implementation: native op, or a summed-area table for export
@@ -267,7 +275,7 @@ class NoisyTopKGate(nn.Module):
         return (
             f"in_channels={self.in_channels}, num_experts={self.num_experts}, k={self.k}, "
             f"grid={self.grid}, noisy={self.noisy}"
-            + (", input_norm=True" if self.input_norm else "")
+            + (f", input_norm={self.input_norm!r}" if self.input_norm else "")
             + (f", balance={self.balance!r}" if self.balance != "cv2" else "")
             + (f", z_weight={self.z_weight:g}" if self.z_weight else "")
         )
@@ -290,7 +298,8 @@ class NoisyTopKGate(nn.Module):
         if not self.input_norm:
             return s
         # eps far below LayerNorm's 1e-5: MoLE gate inputs have a variance near 1e-5
-        return F.layer_norm(s, s.shape[1:], eps=1e-12)
+        s = F.layer_norm(s, s.shape[1:], eps=1e-12)
+        return s / math.sqrt(s.shape[1]) if self.input_norm == "norm" else s
 
     def routing_logits(self, clean_logits: Tensor) -> Tensor:
         """The logits the top-K selection and softmax see: ``clean_logits`` plus the

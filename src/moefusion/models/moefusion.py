@@ -106,7 +106,9 @@ class FusionNetwork(nn.Module):
         def gate_of(mixture: str) -> dict[str, Any]:
             return {
                 **gate_kwargs,
-                "input_norm": mixture in config.gate_input_norm,
+                "input_norm": config.gate_input_scale
+                if mixture in config.gate_input_norm
+                else False,
                 "balance": config.balance_loss[mixture],
                 "z_weight": config.router_z_weight[mixture],
             }

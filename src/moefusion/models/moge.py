@@ -19,7 +19,7 @@ def build_global_mixture(
     noisy: bool = True,
     noise_epsilon: float = 1e-2,
     combine: str = "linear",
-    input_norm: bool = False,
+    input_norm: bool | str = False,
     balance: str = "cv2",
     z_weight: float = 0.0,
 ) -> ExpertMixture:
