@@ -153,7 +153,7 @@ def test_input_norm_routes_on_pattern_not_magnitude() -> None:
     torch.testing.assert_close(plain(3 * x).logits, 3 * plain(x).logits, atol=1e-4, rtol=1e-5)
     # a constant input gives zero logits, not NaN
     assert torch.equal(normed(torch.ones(1, 3, 12, 16)).logits, torch.zeros(1, 4))
-    assert "input_norm=True" in repr(normed) and "input_norm" not in repr(plain)
+    assert "input_norm='variance'" in repr(normed) and "input_norm" not in repr(plain)
 
 
 def test_config_switches_every_gate_input_norm() -> None:
@@ -161,7 +161,8 @@ def test_config_switches_every_gate_input_norm() -> None:
     from moefusion.models.config import MoEFusionConfig
 
     small = {"encoder_growth": 4, "decoder_channels": [8, 4]}
-    for setting, expected in ((False, [False] * 3), (True, [True] * 3), (["mole"], [True, True, False]), (["moge"], [False, False, True])):  # fmt: skip
+    v = "variance"
+    for setting, expected in ((False, [False] * 3), (True, [v] * 3), (["mole"], [v, v, False]), (["moge"], [False, False, v])):  # fmt: skip
         model = MoEFusion(MoEFusionConfig.from_dict({**small, "gate_input_norm": setting}))
         gates = [m for m in model.modules() if isinstance(m, NoisyTopKGate)]  # fg, bg, moge
         assert [g.input_norm for g in gates] == expected, setting
@@ -349,3 +350,45 @@ def test_only_bias_gates_hold_a_selection_bias() -> None:
     again = MoEFusion(MoEFusionConfig.from_dict({**small, "balance_loss": {"moge": "bias"}}))
     again.load_state_dict(biased.state_dict())
     assert again.fusion.global_stage.mixture.gate.selection_bias.tolist() == [0.5] * 4
+
+
+def test_unit_norm_gate_input_bounds_the_logit_step() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 6, 8) * 5 + 2
+    variance = NoisyTopKGate(3, 4, 2, grid=(3, 4), input_norm=True)
+    norm = NoisyTopKGate(3, 4, 2, grid=(3, 4), input_norm="norm")
+    assert variance.input_norm == "variance"
+    s_var, s_norm = variance.flatten_input(x), norm.flatten_input(x)
+    d = s_var.shape[1]  # 3 * 3 * 4
+    assert torch.allclose(s_var.pow(2).mean(1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(s_norm.norm(dim=1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(s_norm * math.sqrt(d), s_var, atol=1e-5)
+    # a sign step of size lr on every weight moves a logit by |s|_1 * lr <= sqrt(D) * lr
+    lr = 1e-3
+    step = lr * s_norm.sign()
+    assert (s_norm * step).sum(1).max().item() <= math.sqrt(d) * lr + 1e-9
+    with pytest.raises(ValueError, match="input_norm must be"):
+        NoisyTopKGate(3, 4, 2, input_norm="l1")
+
+
+def test_config_sets_the_gate_input_scale() -> None:
+    from moefusion.models import MoEFusion
+    from moefusion.models.config import MoEFusionConfig
+
+    small = {"encoder_growth": 4, "decoder_channels": [8, 4], "gate_input_norm": ["moge"]}
+    model = MoEFusion(MoEFusionConfig.from_dict({**small, "gate_input_scale": "norm"}))
+    kinds = [m.input_norm for m in model.modules() if isinstance(m, NoisyTopKGate)]
+    assert kinds == [False, False, "norm"]  # fg, bg, moge
+    default = MoEFusion(MoEFusionConfig.from_dict(small))
+    assert [m.input_norm for m in default.modules() if isinstance(m, NoisyTopKGate)][
+        2
+    ] == "variance"
+    both = {**small, "gate_input_norm": True, "gate_input_scale": {"moge": "norm"}}
+    kinds = [
+        m.input_norm
+        for m in MoEFusion(MoEFusionConfig.from_dict(both)).modules()
+        if isinstance(m, NoisyTopKGate)
+    ]
+    assert kinds == ["variance", "variance", "norm"]
+    with pytest.raises(Exception, match="gate_input_scale must be one of variance, norm"):
+        MoEFusionConfig.from_dict({**small, "gate_input_scale": "l2"})

@@ -67,16 +67,17 @@ def _mixture_names(value: Any, name: str) -> tuple[str, ...]:
     return tuple(n for n in MIXTURES if n in names)
 
 
-def _balance_kinds(value: Any, name: str) -> dict[str, str]:
-    """One kind for every mixture (``"switch"``) or ``{mixture: kind}`` (missing: cv2)."""
+def _mixture_kinds(value: Any, name: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    """One kind for every mixture (``"switch"``) or ``{mixture: kind}`` (missing: the
+    first of ``allowed``, the default)."""
     if isinstance(value, str):
         value = dict.fromkeys(MIXTURES, value)
     _check(isinstance(value, Mapping), f"{name} must be a kind or a mapping, got {value!r}")
     unknown = [k for k in value if k not in MIXTURES]
     _check(not unknown, f"{name}: unknown mixture(s) {unknown}; use {', '.join(MIXTURES)}")
-    kinds = {m: str(value.get(m, "cv2")) for m in MIXTURES}
-    bad = {m: k for m, k in kinds.items() if k not in BALANCE_LOSSES}
-    _check(not bad, f"{name} must be one of {', '.join(BALANCE_LOSSES)}, got {bad}")
+    kinds = {m: str(value.get(m, allowed[0])) for m in MIXTURES}
+    bad = {m: k for m, k in kinds.items() if k not in allowed}
+    _check(not bad, f"{name} must be one of {', '.join(allowed)}, got {bad}")
     return kinds
 
 
@@ -251,7 +252,8 @@ class MoEFusionConfig:
             gates standardise their pooled input per sample before their weights
             (deviation 28; none in the paper and the release).
         gate_input_scale: what those gates standardise to: ``"variance"`` (unit variance
-            per value, deviation 28) or ``"norm"`` (unit L2 norm, deviation 32).
+            per value, deviation 28) or ``"norm"`` (unit L2 norm, deviation 32), for
+            every mixture or per mixture (``{mole: variance, moge: norm}``).
         balance_loss: the load-balancing loss, ``"cv2"`` (paper, release: cv^2 of
             importance and load) or ``"switch"`` (the Switch Transformer loss, deviation
             29), or ``"bias"`` (no loss: a per-expert selection bias nudged towards
@@ -277,7 +279,9 @@ class MoEFusionConfig:
     noisy_gating: bool = True
     noise_epsilon: float = 0.01
     gate_input_norm: tuple[str, ...] = ()
-    gate_input_scale: str = "variance"
+    gate_input_scale: dict[str, str] = field(
+        default_factory=lambda: dict.fromkeys(MIXTURES, "variance")
+    )
     balance_loss: dict[str, str] = field(default_factory=lambda: dict.fromkeys(MIXTURES, "cv2"))
     router_z_weight: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MIXTURES, 0.0))
     mole_load_weight: float = 0.01
@@ -292,7 +296,10 @@ class MoEFusionConfig:
         self.decoder_channels = _as_tuple(self.decoder_channels, "decoder_channels", int)
         self.gate_grid = _as_tuple(self.gate_grid, "gate_grid", int)  # type: ignore[assignment]
         self.gate_input_norm = _mixture_names(self.gate_input_norm, "gate_input_norm")
-        self.balance_loss = _balance_kinds(self.balance_loss, "balance_loss")
+        self.balance_loss = _mixture_kinds(self.balance_loss, "balance_loss", BALANCE_LOSSES)
+        self.gate_input_scale = _mixture_kinds(
+            self.gate_input_scale, "gate_input_scale", GATE_INPUT_SCALES
+        )
         self.router_z_weight = _mixture_weights(self.router_z_weight, "router_z_weight")
         self.validate()
 
@@ -320,11 +327,6 @@ class MoEFusionConfig:
         _check(
             len(self.gate_grid) == 2 and all(g >= 1 for g in self.gate_grid),
             f"gate_grid must be two positive ints (H_g, W_g), got {list(self.gate_grid)}",
-        )
-        _check(
-            self.gate_input_scale in GATE_INPUT_SCALES,
-            f"gate_input_scale must be one of {', '.join(GATE_INPUT_SCALES)}, "
-            f"got {self.gate_input_scale!r}",
         )
         _check(self.noise_epsilon >= 0, f"noise_epsilon must be >= 0, got {self.noise_epsilon}")
         _check(

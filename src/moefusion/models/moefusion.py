@@ -104,11 +104,10 @@ class FusionNetwork(nn.Module):
         }
 
         def gate_of(mixture: str) -> dict[str, Any]:
+            normed = mixture in config.gate_input_norm
             return {
                 **gate_kwargs,
-                "input_norm": config.gate_input_scale
-                if mixture in config.gate_input_norm
-                else False,
+                "input_norm": config.gate_input_scale[mixture] if normed else False,
                 "balance": config.balance_loss[mixture],
                 "z_weight": config.router_z_weight[mixture],
             }
