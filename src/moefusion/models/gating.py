@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moefusion.models.config import BALANCE_LOSSES
+from moefusion.models.config import BALANCE_LOSSES, GATE_INPUT_SCALES
 
 
 def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
@@ -251,8 +251,9 @@ class NoisyTopKGate(nn.Module):
         self.noise_epsilon = noise_epsilon
         if input_norm is True:
             input_norm = "variance"
-        if input_norm not in (False, "variance", "norm"):
-            raise ValueError(f"input_norm must be False, 'variance' or 'norm', got {input_norm!r}")
+        if input_norm is not False and input_norm not in GATE_INPUT_SCALES:
+            names = " or ".join(repr(k) for k in GATE_INPUT_SCALES)
+            raise ValueError(f"input_norm must be False, True or {names}, got {input_norm!r}")
         self.input_norm: str | bool = input_norm
         self.balance = balance
         self.z_weight = float(z_weight)
@@ -278,6 +279,7 @@ class NoisyTopKGate(nn.Module):
             + (f", input_norm={self.input_norm!r}" if self.input_norm else "")
             + (f", balance={self.balance!r}" if self.balance != "cv2" else "")
             + (f", z_weight={self.z_weight:g}" if self.z_weight else "")
+            + (f", bias_rate={self.bias_rate:g}" if self.selection_bias is not None else "")
         )
 
     def flatten_input(self, x: Tensor | Sequence[Tensor]) -> Tensor:
