@@ -8,13 +8,10 @@ import pytest
 
 from moefusion.config import apply_overrides, load_config_file, load_run_config
 from moefusion.errors import ConfigError
+from moefusion.weights import BUNDLED_RUN_CONFIG
 
 PRETRAINED_CONFIG = (
-    Path(__file__).resolve().parents[1]
-    / "src"
-    / "moefusion"
-    / "pretrained"
-    / "moefusion-cpu-v4.config.yaml"
+    Path(__file__).resolve().parents[1] / "src" / "moefusion" / "pretrained" / BUNDLED_RUN_CONFIG
 )
 
 

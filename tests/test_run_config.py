@@ -19,6 +19,7 @@ from moefusion.training.config import (
     TrainerConfig,
     stage_config,
 )
+from moefusion.weights import BUNDLED_RUN_CONFIG
 
 PRETRAINED_CONFIG = Path(__file__).resolve().parents[1] / "src" / "moefusion" / "pretrained"
 TINY_MODEL = {
@@ -130,7 +131,7 @@ def test_modules_read_the_typed_defaults() -> None:
 
 
 def test_to_dict_from_dict_round_trip_for_shipped_and_stored_configs() -> None:
-    stored = load_config_file(PRETRAINED_CONFIG / "moefusion-cpu-v4.config.yaml")
+    stored = load_config_file(PRETRAINED_CONFIG / BUNDLED_RUN_CONFIG)
     for plain in (load_run_config("cpu"), load_run_config("paper"), stored):
         run = RunConfig.from_dict(plain)
         again = RunConfig.from_dict(run.to_dict())

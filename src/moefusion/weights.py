@@ -29,6 +29,8 @@ _LISTED = 3
 
 CONFIG_KEY = "moefusion_config"
 BUNDLED_WEIGHTS = "moefusion-cpu-v4.safetensors"
+#: The resolved run config the bundled weights were trained with, shipped beside them.
+BUNDLED_RUN_CONFIG = BUNDLED_WEIGHTS.removesuffix(".safetensors") + ".config.yaml"
 
 
 def save_weights(
