@@ -336,20 +336,19 @@ class NoisyTopKGate(nn.Module):
         clean_logits = s @ self.w_gate
         if self.logit_filter is not None and not self.training:
             clean_logits = self.logit_filter(clean_logits)
+        # selection sees the bias; the clean logits stay unbiased (the z-loss reads them)
+        routed = self.routing_logits(clean_logits)
         use_noise = self.noisy and self.training
         if use_noise:
             noise_std = self.noise_std(s)
-            logits = clean_logits + torch.randn_like(clean_logits) * noise_std
+            logits = routed + torch.randn_like(routed) * noise_std
         else:
-            logits = clean_logits
-        # the clean logits stay unbiased (the z-loss reads them); selection sees the bias
-        routed_clean = self.routing_logits(clean_logits)
-        logits = self.routing_logits(logits)
+            logits = routed
 
         gates, indices = top_k_softmax(logits, self.k)
         if use_noise and self.k < self.num_experts:
             top_values = logits.topk(self.k + 1, dim=1).values
-            load = prob_in_top_k(routed_clean, logits, noise_std, top_values, self.k).sum(0)
+            load = prob_in_top_k(routed, logits, noise_std, top_values, self.k).sum(0)
         else:
             load = gates_to_load(gates)
         if self.training:
