@@ -392,3 +392,30 @@ def test_config_sets_the_gate_input_scale() -> None:
     assert kinds == ["variance", "variance", "norm"]
     with pytest.raises(Exception, match="gate_input_scale must be one of variance, norm"):
         MoEFusionConfig.from_dict({**small, "gate_input_scale": "l2"})
+
+
+def test_config_sets_the_gate_noise_per_mixture() -> None:
+    from moefusion.models import MoEFusion
+    from moefusion.models.config import MoEFusionConfig
+
+    def model_with(**overrides: object) -> MoEFusion:
+        small = {"encoder_growth": 4, "decoder_channels": [8, 4]}
+        return MoEFusion(MoEFusionConfig.from_dict(small | overrides))
+
+    def noise_of(model: MoEFusion) -> list[bool]:
+        return [m.noisy for m in model.modules() if isinstance(m, NoisyTopKGate)]
+
+    assert noise_of(model_with()) == [True, True, True]  # fg, bg, moge: the paper
+    assert noise_of(model_with(noisy_gating=False)) == [False, False, False]
+    quiet_mole = model_with(noisy_gating=["moge"])
+    assert noise_of(quiet_mole) == [False, False, True]
+    # in training, the noise-free MoLE gate routes a batch the same way twice, MoGE does not
+    torch.manual_seed(0)
+    fg, moge = quiet_mole.fusion.local.foreground.gate, quiet_mole.fusion.global_stage.mixture.gate
+    for gate in (fg, moge):
+        torch.nn.init.normal_(gate.w_gate, std=0.01)
+    x_fg, x_moge = torch.rand(8, fg.in_channels, 15, 20), torch.rand(8, moge.in_channels, 15, 20)
+    assert torch.equal(fg.train()(x_fg).gates, fg(x_fg).gates)
+    assert not torch.equal(moge.train()(x_moge).gates, moge(x_moge).gates)
+    with pytest.raises(Exception, match="noisy_gating: unknown mixture"):
+        MoEFusionConfig.from_dict({"noisy_gating": ["mole", "global"]})

@@ -245,8 +245,10 @@ class MoEFusionConfig:
             layer maps to 1 channel.
         gate_grid: (H_g, W_g) grid every gate input is average-pooled to, so the gate
             works at any image size. (15, 20) = 480x640 / 32.
-        noisy_gating: Shazeer et al.'s trainable Gaussian noise on the gate logits
-            (training only).
+        noisy_gating: the mixtures (``"mole"``, ``"moge"``; ``true``: both, the paper
+            and the release; ``false``: none) whose gates add Shazeer et al.'s trainable
+            Gaussian noise to their logits in training. Noise-free MoLE gates are
+            deviation 33.
         noise_epsilon: minimum noise standard deviation.
         gate_input_norm: the mixtures (``"mole"``, ``"moge"``; ``true``: both) whose
             gates standardise their pooled input per sample before their weights
@@ -276,7 +278,7 @@ class MoEFusionConfig:
     local_hidden: int = 8
     decoder_channels: tuple[int, ...] = (64, 32, 16)
     gate_grid: tuple[int, int] = (15, 20)
-    noisy_gating: bool = True
+    noisy_gating: tuple[str, ...] = MIXTURES
     noise_epsilon: float = 0.01
     gate_input_norm: tuple[str, ...] = ()
     gate_input_scale: dict[str, str] = field(
@@ -296,6 +298,7 @@ class MoEFusionConfig:
         self.decoder_channels = _as_tuple(self.decoder_channels, "decoder_channels", int)
         self.gate_grid = _as_tuple(self.gate_grid, "gate_grid", int)  # type: ignore[assignment]
         self.gate_input_norm = _mixture_names(self.gate_input_norm, "gate_input_norm")
+        self.noisy_gating = _mixture_names(self.noisy_gating, "noisy_gating")
         self.balance_loss = _mixture_kinds(self.balance_loss, "balance_loss", BALANCE_LOSSES)
         self.gate_input_scale = _mixture_kinds(
             self.gate_input_scale, "gate_input_scale", GATE_INPUT_SCALES

@@ -98,7 +98,6 @@ class FusionNetwork(nn.Module):
         g = config.encoder_growth
         gate_kwargs = {
             "grid": tuple(config.gate_grid),
-            "noisy": config.noisy_gating,
             "noise_epsilon": config.noise_epsilon,
             "combine": config.combine,
         }
@@ -107,6 +106,7 @@ class FusionNetwork(nn.Module):
             normed = mixture in config.gate_input_norm
             return {
                 **gate_kwargs,
+                "noisy": mixture in config.noisy_gating,
                 "input_norm": config.gate_input_scale[mixture] if normed else False,
                 "balance": config.balance_loss[mixture],
                 "z_weight": config.router_z_weight[mixture],
