@@ -85,5 +85,8 @@ def test_gate_logits_route_like_the_fused_gates(tiny_weights: Path) -> None:
         assert np.all(g.margins() >= 0)
     gate = next(m for m in fuser.model.modules() if isinstance(m, NoisyTopKGate))
     assert np.all(logits["mole_fg"].noise_std >= gate.noise_epsilon)
+    # a noise-free gate adds no noise in training, and the table says so
+    gate.noisy = False
+    assert np.all(gate_logits_of(fuser, pairs[:1])["mole_fg"].noise_std == 0.0)
     # the hooks are gone afterwards
     assert not any(m._forward_hooks for m in fuser.model.modules() if isinstance(m, NoisyTopKGate))

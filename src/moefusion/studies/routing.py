@@ -127,7 +127,8 @@ class GateLogits:
         k: experts kept per pair.
         clean: ``[n, N]`` clean logits ``s . W_gate`` (what inference routes on).
         noise_std: ``[n, N]`` training-time noise standard deviation
-            ``softplus(s . W_noise) + epsilon`` for the same inputs.
+            ``softplus(s . W_noise) + epsilon`` for the same inputs; 0 for a gate
+            without training noise (``noisy=False``, deviation 33).
         weights: ``[n, N]`` the gate weights fusion used (0 for unselected experts, and
             for a selected one whose softmax weight underflowed); ``None`` when not recorded.
     """
@@ -191,7 +192,7 @@ def gate_logits_of(
             with torch.no_grad():
                 s = gate.flatten_input(inputs[0])
                 clean = gate.routing_logits(s @ gate.w_gate)
-                std = gate.noise_std(s)
+                std = gate.noise_std(s) if gate.noisy else torch.zeros_like(clean)
             arrays = (clean, std, output.gates)
             rows[name].append(tuple(a.float().cpu().numpy() for a in arrays))
 
