@@ -419,3 +419,33 @@ def test_config_sets_the_gate_noise_per_mixture() -> None:
     assert not torch.equal(moge.train()(x_moge).gates, moge(x_moge).gates)
     with pytest.raises(Exception, match="noisy_gating: unknown mixture"):
         MoEFusionConfig.from_dict({"noisy_gating": ["mole", "global"]})
+
+
+def test_config_sets_the_mole_top_k_apart_from_the_moge_one() -> None:
+    from moefusion.models import MoEFusion
+    from moefusion.models.config import ConfigError, MoEFusionConfig
+
+    small = {"encoder_growth": 4, "decoder_channels": [8, 4]}
+    paper = MoEFusionConfig.from_dict(small)
+    assert (paper.k_of("mole"), paper.k_of("moge")) == (2, 2)
+    config = MoEFusionConfig.from_dict(small | {"mole_top_k": 3})
+    assert (config.k_of("mole"), config.k_of("moge")) == (3, 2)
+    assert MoEFusionConfig.from_dict(config.to_dict()).mole_top_k == 3
+    model = MoEFusion(config).eval()
+    torch.manual_seed(0)
+    gates = {
+        "fg": model.fusion.local.foreground.gate,
+        "bg": model.fusion.local.background.gate,
+        "moge": model.fusion.global_stage.mixture.gate,
+    }
+    selected = {}
+    for name, gate in gates.items():
+        torch.nn.init.normal_(gate.w_gate, std=0.1)
+        out = gate(torch.rand(6, gate.in_channels, 15, 20)).gates
+        selected[name] = (out > 0).sum(1).tolist()
+        assert torch.allclose(out.sum(1), torch.ones(6))
+    assert selected == {"fg": [3] * 6, "bg": [3] * 6, "moge": [2] * 6}
+    with pytest.raises(ConfigError, match="mole_top_k must be in"):
+        MoEFusionConfig.from_dict({"mole_top_k": 5})
+    with pytest.raises(ConfigError, match="unknown mixture"):
+        paper.k_of("global")

@@ -38,7 +38,7 @@ def test_inspection_matches_the_fuser_and_its_experts_recombine(make_tiny_model,
     for name, gates in expected.gates.items():
         np.testing.assert_allclose(ins.gates[name], gates, atol=1e-5)
         assert (ins.gates[name] > 0).tolist() == (gates > 0).tolist()
-        assert len(ins.selected(name)) == model.config.top_k
+        assert len(ins.selected(name)) == model.config.k_of(name.split("_")[0])
     n = model.config.num_experts
     assert ins.local_experts["mole_fg"].shape == (n, 96, 128)
     assert ins.local_modality == ["visible"] * (n // 2) + ["infrared"] * (n - n // 2)

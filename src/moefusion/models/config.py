@@ -236,6 +236,9 @@ class MoEFusionConfig:
     Attributes:
         num_experts: N experts per mixture (MoLE foreground, MoLE background, MoGE).
         top_k: K experts active per sample.
+        mole_top_k: K of the two MoLE gates when it differs from ``top_k`` (``None``:
+            ``top_k``, the paper). More than two of four local experts makes a pair
+            rarely take its local features from one modality alone (deviation 34).
         variant: ``"full"`` or an ablation of paper section 4.5: ``"no_mole"``,
             ``"no_moge"``, ``"att_local"``.
         encoder_growth: DenseFuse encoder width (stem output and dense growth rate);
@@ -273,6 +276,7 @@ class MoEFusionConfig:
 
     num_experts: int = 4
     top_k: int = 2
+    mole_top_k: int | None = None
     variant: str = "full"
     encoder_growth: int = 16
     local_hidden: int = 8
@@ -314,6 +318,10 @@ class MoEFusionConfig:
             f"top_k must be in [1, num_experts={self.num_experts}], got {self.top_k}",
         )
         _check(
+            self.mole_top_k is None or 1 <= self.mole_top_k <= self.num_experts,
+            f"mole_top_k must be in [1, num_experts={self.num_experts}], got {self.mole_top_k}",
+        )
+        _check(
             self.variant in VARIANTS,
             f"variant must be one of {', '.join(VARIANTS)}; got {self.variant!r}",
         )
@@ -338,6 +346,13 @@ class MoEFusionConfig:
         )
         if not isinstance(self.detector, DetectorConfig):
             raise ConfigError(f"detector must be a mapping, got {self.detector!r}")
+
+    def k_of(self, mixture: str) -> int:
+        """Experts a gate of ``mixture`` (``"mole"`` or ``"moge"``) selects per sample."""
+        _check(mixture in MIXTURES, f"unknown mixture {mixture!r}; use {', '.join(MIXTURES)}")
+        if mixture == "mole" and self.mole_top_k is not None:
+            return self.mole_top_k
+        return self.top_k
 
     def to_dict(self) -> dict[str, Any]:
         """Nested dict of built-in types (YAML-friendly)."""

@@ -116,7 +116,11 @@ class FusionNetwork(nn.Module):
         if config.variant in ("full", "no_moge"):
             mixtures = [
                 build_local_mixture(
-                    g, config.num_experts, config.top_k, config.local_hidden, **gate_of("mole")
+                    g,
+                    config.num_experts,
+                    config.k_of("mole"),
+                    config.local_hidden,
+                    **gate_of("mole"),
                 )
                 for _ in range(2)
             ]
@@ -140,7 +144,7 @@ class FusionNetwork(nn.Module):
             mixture = build_global_mixture(
                 fused_channels,
                 config.num_experts,
-                config.top_k,
+                config.k_of("moge"),
                 config.decoder_channels,
                 **gate_of("moge"),
             )
