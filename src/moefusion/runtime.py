@@ -12,7 +12,12 @@ the first reuse the same pages: the resident size stays at the peak of one pass.
 slow microcode path on x86 CPUs. Weight decay drives the weights of rarely chosen experts
 and gates towards zero until some become subnormal; in a stage-2 run (``docs/training.md``,
 "Subnormal weights") they made a step 7x slower (3.0 s instead of 0.43 s at step 2 000).
-Flush-to-zero mode treats them as 0, which changes no result above that magnitude.
+Flush-to-zero mode treats them as 0, which changes no result above that magnitude. The
+mode is a per-thread CPU register: :func:`set_flush_denormal_all_threads` sets it on the
+calling thread and on every thread of the OpenMP pool that runs PyTorch's parallel
+operations, which may already exist (``torch.set_flush_denormal`` alone reaches only the
+calling thread: a 2-thread stage-2 run slowed from 2.4 to 0.3 steps per second by epoch 13,
+``docs/training.md``, "Subnormal weights").
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ import os
 import sys
 from collections.abc import Iterator
 
-__all__ = ["denormals_flushed", "flush_denormals", "reuse_freed_memory"]
+__all__ = [
+    "denormals_flushed",
+    "denormals_flushed_in_pool",
+    "flush_denormals",
+    "reuse_freed_memory",
+    "set_flush_denormal_all_threads",
+]
 
 # mallopt(3) parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -69,19 +80,80 @@ def denormals_flushed() -> bool:
     return float(torch.tensor([1e-30]) * 1e-9) == 0.0
 
 
+def denormals_flushed_in_pool() -> bool:
+    """Whether every thread of PyTorch's intra-op pool flushes subnormal results to zero:
+    one multiplication large enough to be split across all of them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    product = torch.full((threads * 2**17,), 1e-30) * 1e-9
+    return not bool(product.any())
+
+
+def _openmp_runtime() -> ctypes.CDLL | None:
+    """The OpenMP runtime that this process has loaded (PyTorch's parallel backend), if any."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/lib" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        name = os.path.basename(path)
+        if name.startswith(("libgomp", "libiomp")):
+            try:
+                runtime = ctypes.CDLL(path)
+                runtime.GOMP_parallel  # noqa: B018 (the entry point this module calls)
+            except (OSError, AttributeError):
+                continue
+            return runtime
+    return None
+
+
+_Region = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+def set_flush_denormal_all_threads(on: bool) -> None:
+    """``torch.set_flush_denormal(on)`` on the calling thread and on every OpenMP thread.
+
+    The pool's threads keep the mode they had when they were created; this runs one
+    parallel region (libgomp's ``GOMP_parallel``, also exported by Intel's runtime) in
+    which each thread sets the mode. At least ``os.cpu_count()`` threads take part, so the
+    pool's idle threads beyond the current thread count are reached too. Without an OpenMP
+    runtime (another platform or backend) only the calling thread is set.
+    """
+    import torch
+
+    torch.set_flush_denormal(on)
+    runtime = _openmp_runtime()
+    if runtime is None:
+        return
+
+    def region(_: int | None) -> None:
+        # an exception must not unwind through the C frames of the parallel region
+        with contextlib.suppress(BaseException):
+            torch.set_flush_denormal(on)
+
+    callback = _Region(region)
+    runtime.GOMP_parallel.argtypes = [_Region, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    runtime.GOMP_parallel.restype = None
+    threads = max(torch.get_num_threads(), os.cpu_count() or 1)
+    runtime.GOMP_parallel(callback, None, threads, 0)
+
+
 @contextlib.contextmanager
 def flush_denormals() -> Iterator[None]:
-    """Run the block with subnormal floats flushed to zero (``torch.set_flush_denormal``).
+    """Run the block with subnormal floats flushed to zero on every thread that PyTorch
+    computes on (:func:`set_flush_denormal_all_threads`).
 
-    The mode is per thread and inherited by threads created later (the intra-op pool, the
-    data-loader threads), so enter it before the first parallel operation. The previous
-    mode is restored on exit; on CPUs without the mode this does nothing.
+    Threads created later (the intra-op pool's, data-loader threads) inherit the mode. The
+    calling thread's previous mode is restored on exit, on the pool's threads too; on CPUs
+    without the mode this does nothing.
     """
-    import torch  # here: reuse_freed_memory runs before torch is imported
-
     before = denormals_flushed()
-    torch.set_flush_denormal(True)
+    set_flush_denormal_all_threads(True)
     try:
         yield
     finally:
-        torch.set_flush_denormal(before)
+        set_flush_denormal_all_threads(before)

@@ -12,7 +12,7 @@ import torch
 
 from moefusion.losses import fusion_loss
 from moefusion.models import MoEFusion
-from moefusion.runtime import denormals_flushed
+from moefusion.runtime import denormals_flushed, set_flush_denormal_all_threads
 from moefusion.training.config import OptimConfig, RunConfig
 from moefusion.training.sampling import step_seed
 
@@ -77,10 +77,10 @@ class RunModule(L.LightningModule):
         # Processes that Lightning spawns do not run train()'s flush_denormals(): subnormal
         # weights would slow their steps (moefusion.runtime); teardown restores the mode.
         self._denormals_were_flushed = denormals_flushed()
-        torch.set_flush_denormal(True)
+        set_flush_denormal_all_threads(True)
 
     def teardown(self, stage: str) -> None:
-        torch.set_flush_denormal(getattr(self, "_denormals_were_flushed", False))
+        set_flush_denormal_all_threads(getattr(self, "_denormals_were_flushed", False))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Gate noise draws from the global RNG: seed it per step so resume is exact.
