@@ -16,7 +16,7 @@ Flush-to-zero mode treats them as 0, which changes no result above that magnitud
 mode is a per-thread CPU register: :func:`set_flush_denormal_all_threads` sets it on the
 calling thread and on every thread of the OpenMP pool that runs PyTorch's parallel
 operations, which may already exist (``torch.set_flush_denormal`` alone reaches only the
-calling thread: a 2-thread stage-2 run slowed from 2.4 to 0.3 steps per second by epoch 13,
+calling thread: a 2-thread stage-2 run slowed from 1.9 to 0.32 steps per second by epoch 13,
 ``docs/training.md``, "Subnormal weights").
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -90,8 +91,13 @@ def denormals_flushed_in_pool() -> bool:
     return not bool(product.any())
 
 
+_Region = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+@functools.cache
 def _openmp_runtime() -> ctypes.CDLL | None:
-    """The OpenMP runtime that this process has loaded (PyTorch's parallel backend), if any."""
+    """The OpenMP runtime that this process has loaded (PyTorch's parallel backend), if any,
+    with ``GOMP_parallel``'s signature declared. Cached: a loaded runtime stays loaded."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -104,14 +110,13 @@ def _openmp_runtime() -> ctypes.CDLL | None:
         if name.startswith(("libgomp", "libiomp")):
             try:
                 runtime = ctypes.CDLL(path)
-                runtime.GOMP_parallel  # noqa: B018 (the entry point this module calls)
+                parallel = runtime.GOMP_parallel
             except (OSError, AttributeError):
                 continue
+            parallel.argtypes = [_Region, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+            parallel.restype = None
             return runtime
     return None
-
-
-_Region = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
 def set_flush_denormal_all_threads(on: bool) -> None:
@@ -123,7 +128,7 @@ def set_flush_denormal_all_threads(on: bool) -> None:
     pool's idle threads beyond the current thread count are reached too. Without an OpenMP
     runtime (another platform or backend) only the calling thread is set.
     """
-    import torch
+    import torch  # first: it loads the OpenMP runtime that _openmp_runtime looks for
 
     torch.set_flush_denormal(on)
     runtime = _openmp_runtime()
@@ -131,13 +136,11 @@ def set_flush_denormal_all_threads(on: bool) -> None:
         return
 
     def region(_: int | None) -> None:
-        # an exception must not unwind through the C frames of the parallel region
+        # best effort per thread: ctypes would print an exception here as unraisable
         with contextlib.suppress(BaseException):
             torch.set_flush_denormal(on)
 
     callback = _Region(region)
-    runtime.GOMP_parallel.argtypes = [_Region, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-    runtime.GOMP_parallel.restype = None
     threads = max(torch.get_num_threads(), os.cpu_count() or 1)
     runtime.GOMP_parallel(callback, None, threads, 0)
 
