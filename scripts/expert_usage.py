@@ -13,8 +13,13 @@ gate_logits_of`): the spread of its clean logits across pairs (how much routing 
 on the input), the median gap between the K-th and (K+1)-th clean logit (how far a pair
 is from another expert set), and per expert the median noise standard deviation the gate
 adds to its logit in training. A gap far below the noise means training routed at random
-and inference routes on small, nearly input-independent logit differences. Reads gates
-only; nothing is tuned.
+and inference routes on small, nearly input-independent logit differences.
+
+A third table says how much each expert contributes once selected: its mean gate weight
+over the pairs and the share of pairs on which it gets at least ``USED_WEIGHT`` (5 %) of
+the weight, what the fit report and the quality report count as *used*. A selected
+expert whose softmax weight is near 0 on every pair counts in the first table but adds
+nothing to the fused image. Reads gates only; nothing is tuned.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 
 from moefusion import Fuser
 from moefusion.data import SHARED_DATASETS, resolve_split, split_part_pairs
+from moefusion.models.gating import USED_WEIGHT
 from moefusion.studies.routing import GateLogits, gate_logits_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +49,16 @@ def firmness(logits: dict[str, GateLogits]) -> dict[str, tuple[float, float, np.
         name: (g.spread(), float(np.median(g.margins())), np.median(g.noise_std, axis=0))
         for name, g in logits.items()
     }
+
+
+def weight_share(logits: dict[str, GateLogits]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{mixture: ([N] mean gate weight, [N] share of pairs with weight >= USED_WEIGHT)}``."""
+    out = {}
+    for name, g in logits.items():
+        if g.weights is None:
+            raise ValueError("these gate logits were recorded without the gate weights")
+        out[name] = (g.weights.mean(axis=0), (g.weights >= USED_WEIGHT).mean(axis=0))
+    return out
 
 
 def main() -> None:
@@ -81,6 +97,15 @@ def main() -> None:
         for mixture, (spread, gap, noise) in firmness(gates).items():
             noises = " / ".join(f"{x:.3g}" for x in noise)
             print(f"| {w} | {mixture} | {spread:.4f} | {gap:.4f} | {noises} |")
+    print()
+    print(f"mean gate weight per expert (share of pairs on which it gets >= {USED_WEIGHT:.0%})")
+    print()
+    print("| weights | mixture | " + " | ".join(f"expert {i}" for i in range(n)) + " |")
+    print("|---|---|" + "---|" * n)
+    for w, gates in logits.items():
+        for mixture, (mean, share) in weight_share(gates).items():
+            cells = " | ".join(f"{m:.3f} ({s:.2f})" for m, s in zip(mean, share, strict=True))
+            print(f"| {w} | {mixture} | {cells} |")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from moefusion.evaluation import (  # noqa: E402
     write_tables,
 )
 from moefusion.figures import FigureRow, save_pair_figure  # noqa: E402
+from moefusion.models.gating import USED_WEIGHT  # noqa: E402
 from moefusion.training.fit_report import correlation  # noqa: E402
 from moefusion.weights import bundled_weights_path, read_metadata  # noqa: E402
 
@@ -172,14 +173,15 @@ def fit_on_training_pairs(fuser: Fuser, data: Path, split: dict) -> dict[str, fl
 
 
 def usage_on_validation(fuser: Fuser, data: Path, split: dict) -> dict[str, list[float]]:
-    """Share of validation pairs (split part ``val``) routed to each expert, per gate."""
+    """Share of validation pairs (split part ``val``) on which each expert is used (gets at
+    least ``USED_WEIGHT`` of the gate weight, not merely selected), per gate."""
     routed: dict[str, list[np.ndarray]] = defaultdict(list)
     for pairs in split_part_pairs(data, split, "val", DATASETS).values():
         for p in pairs:
             loaded = load_pair(p.ir, p.vi)
             res = fuser.fuse(loaded.ir, loaded.vi, return_details=True)
             for k, g in res.gates.items():
-                routed[k].append(g > 0)
+                routed[k].append(g >= USED_WEIGHT)
     return {k: [round(float(v), 3) for v in np.stack(gs).mean(0)] for k, gs in routed.items()}
 
 
@@ -320,7 +322,8 @@ def main() -> None:
             if fit["model"] < fit["laplacian"]
             else f"**NOT met** ({fit['model'] - fit['laplacian']:+.4f} above the Laplacian pyramid's)."
         ),
-        "- Expert usage on the validation part (share of pairs routed to each expert): "
+        "- Expert usage on the validation part (share of pairs on which each expert gets "
+        f"at least {USED_WEIGHT:.0%} of the gate weight): "
         + "; ".join(f"{k} {v}" for k, v in usage.items())
         + (
             f": **met** (lowest {min_usage:.0%})."

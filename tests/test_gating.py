@@ -449,3 +449,18 @@ def test_config_sets_the_mole_top_k_apart_from_the_moge_one() -> None:
         MoEFusionConfig.from_dict({"mole_top_k": 5})
     with pytest.raises(ConfigError, match="unknown mixture"):
         paper.k_of("global")
+
+
+def test_expert_usage_counts_weight_not_selection() -> None:
+    """A selected expert with a weight under USED_WEIGHT (a saturated top-K softmax) is
+    not counted as used; one at the threshold is."""
+    from moefusion.models.gating import USED_WEIGHT, expert_usage
+
+    logits = torch.tensor([[12.0, 0.0, -1.0, -30.0], [0.0, 0.0, -40.0, -50.0]])
+    gates, _ = top_k_softmax(logits, 3)
+    assert bool((gates > 0).all(dim=0)[:3].all())  # experts 0-2 are selected on both rows
+    assert torch.equal(expert_usage(gates), torch.tensor([1.0, 0.5, 0.0, 0.0]))
+    edge = torch.tensor([[1.0 - USED_WEIGHT, USED_WEIGHT, 0.0, 0.0]])
+    assert torch.equal(expert_usage(edge), torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="samples, experts"):
+        expert_usage(torch.ones(4))

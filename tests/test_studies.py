@@ -74,6 +74,9 @@ def test_the_three_full_models_resolve_to_one_run(tmp_path: Path) -> None:
     assert len(keys | {other, reseeded}) == 3
     config = resolve_run(settings, STUDIES["experts"].variant("E8K2"), 0, tmp_path)[0]
     assert config["model"]["num_experts"] == 8 and config["model"]["top_k"] == 2
+    # the paper's K for both mixtures: E2K2 must not keep the cpu config's 3 MoLE experts
+    config = resolve_run(settings, STUDIES["experts"].variant("E2K2"), 0, tmp_path)[0]
+    assert config["model"]["mole_top_k"] is None and config["optim"]["alpha"] == 10.0
     assert config["stages"]["fusion"]["trainer"]["max_steps"] == 50
     assert config["stages"]["detect"]["init_weights"] == str(weights.resolve())
 

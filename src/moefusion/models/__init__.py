@@ -32,10 +32,12 @@ from moefusion.models.experts import (
     set_dispatch,
 )
 from moefusion.models.gating import (
+    USED_WEIGHT,
     GateOutput,
     NoisyTopKGate,
     adaptive_avg_pool2d_cumsum,
     cv_squared,
+    expert_usage,
     gates_to_load,
     prob_in_top_k,
     top_k_softmax,
@@ -81,6 +83,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "USED_WEIGHT",
     "BACKBONES",
     "LEVELS",
     "VARIANTS",
@@ -118,6 +121,7 @@ __all__ = [
     "count_macs",
     "count_parameters",
     "cv_squared",
+    "expert_usage",
     "fpn_finest_level",
     "gates_to_load",
     "macs_per_pixel",

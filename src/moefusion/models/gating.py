@@ -44,6 +44,21 @@ def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
     return x.var() / (x.mean() ** 2 + eps)
 
 
+#: Gate weight from which an expert counts as *used* on a sample (fit report, quality
+#: report, ``scripts/expert_usage.py``). Selected is not enough: under a saturated
+#: softmax the third of K = 3 experts gets a weight like 1e-5, is selected on every
+#: sample and adds nothing (stop 22, docs/training.md, "Selected is not used").
+USED_WEIGHT = 0.05
+
+
+def expert_usage(gates: Tensor, min_weight: float = USED_WEIGHT) -> Tensor:
+    """Share of the samples on which each expert gets at least ``min_weight`` of the
+    gate weight. ``[B, N] -> [N]``, each in [0, 1]; the shares sum to at most K."""
+    if gates.ndim != 2:
+        raise ValueError(f"gates must be [samples, experts], got shape {tuple(gates.shape)}")
+    return (gates >= min_weight).float().mean(0)
+
+
 def gates_to_load(gates: Tensor) -> Tensor:
     """Hard load: how many samples each expert received. ``[B, N] -> [N]`` (no gradient)."""
     return (gates > 0).sum(0).to(gates.dtype)

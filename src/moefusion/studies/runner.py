@@ -144,7 +144,7 @@ def auto_split(datasets: Sequence[Path], path: Path, seed: int = 0) -> Path:
 
 def base_overrides(settings: StudySettings, out: Path) -> list[str]:
     """Overrides every run gets: fusion stage only, from ``settings.weights``, at the
-    paper's alpha 10 (the alpha study's variants set their own)."""
+    paper's alpha 10 and top-K for every mixture (the variants set their own)."""
     if settings.weights is None:
         raise ConfigError("a study needs weights whose attention branch the runs share")
     items = [
@@ -155,6 +155,8 @@ def base_overrides(settings: StudySettings, out: Path) -> list[str]:
         "stages.fusion.checkpoint_every=1",
         # the paper's studies vary around its alpha 10 (the `cpu` config trains with 20)
         "optim.alpha=10.0",
+        # and around its one K for both mixtures (`cpu` keeps 3 MoLE experts, deviation 34)
+        "model.mole_top_k=null",
         *settings.budget.overrides(),
     ]
     if settings.data is not None:

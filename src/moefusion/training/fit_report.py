@@ -5,8 +5,9 @@ the held-out test part. For the same whole pairs the report gives the fusion los
 (pixel + alpha x gradient, the training objective without the load term) of the model
 and of three training-free outputs (average, max, Laplacian pyramid), the model's SCD
 (paper convention) and its correlation with the infrared and the visible image, and
-the expert usage of every gate (fraction of samples routed to each expert, entropy of
-that distribution in bits; ``log2(N)`` is perfectly balanced).
+the expert usage of every gate (fraction of samples on which each expert gets at least
+:data:`~moefusion.models.gating.USED_WEIGHT` of the gate weight, entropy of that
+distribution in bits; ``log2(N)`` is perfectly balanced).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from moefusion.baselines import fuse_baseline, to_u8
 from moefusion.losses import fusion_loss
 from moefusion.metrics import compute
 from moefusion.models import MoEFusion
+from moefusion.models.gating import expert_usage
 from moefusion.training.cache import attention_map
 
 REFERENCE_METHODS: tuple[str, ...] = ("average", "max", "laplacian")
@@ -124,7 +126,7 @@ def model_fit(
         "corr_vi": float(np.nanmean(c_vi)),
     }
     for name, gs in gates.items():
-        usage = (torch.cat(gs) > 0).float().mean(0)
+        usage = expert_usage(torch.cat(gs))
         for i, share in enumerate(usage.tolist()):
             stats[f"usage_{name}_e{i}"] = share
         dist = usage / usage.sum().clamp_min(1e-12)
