@@ -44,3 +44,16 @@ def test_shipped_run_config_reads_its_learning_rates_as_numbers() -> None:
     fusion = config["stages"]["fusion"]["optim"]
     assert fusion["lr"] == pytest.approx(1e-3) and isinstance(fusion["lr"], float)
     assert config["schedule"] == "staged"
+
+
+def test_per_mixture_settings_take_one_value_for_every_mixture() -> None:
+    """``model.gate_input_scale=norm`` over the cpu config's mapping (a command of
+    docs/training.md); other mappings still refuse a plain value."""
+    from moefusion.models import MoEFusionConfig
+
+    config = load_run_config("cpu", ["model.gate_input_scale=norm", "model.balance_loss=switch"])
+    model = MoEFusionConfig.from_dict(config["model"])
+    assert model.gate_input_scale == {"mole": "norm", "moge": "norm"}
+    assert model.balance_loss == {"mole": "switch", "moge": "switch"}
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_run_config("cpu", ["stages.fusion.optim=3"])

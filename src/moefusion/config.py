@@ -83,6 +83,11 @@ def load_config_file(name_or_path: str | Path) -> dict[str, Any]:
 
 #: Keys whose numeric default may also be given as text (``trainer.devices=auto``).
 TEXT_ALLOWED: frozenset[str] = frozenset({"trainer.devices", "trainer.precision"})
+#: Per-mixture mappings that also take one value for every mixture
+#: (``model.balance_loss=switch`` over ``{mole: cv2, moge: switch}``).
+PER_MIXTURE: frozenset[str] = frozenset(
+    {"model.balance_loss", "model.gate_input_scale", "model.router_z_weight"}
+)
 
 
 def _is_number(v: Any) -> bool:
@@ -130,7 +135,7 @@ def _check_value(item: str, key: str, old: Any, new: Any) -> None:
             and not all(_is_number(x) for x in new)
         ):
             problem = "a list of numbers"
-    elif isinstance(old, dict) and not isinstance(new, dict):
+    elif isinstance(old, dict) and not isinstance(new, dict) and key not in PER_MIXTURE:
         problem = "a mapping, e.g. {a: 1}"
     if problem is not None:
         raise ConfigError(
