@@ -57,3 +57,9 @@ def test_per_mixture_settings_take_one_value_for_every_mixture() -> None:
     assert model.balance_loss == {"mole": "switch", "moge": "switch"}
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_run_config("cpu", ["stages.fusion.optim=3"])
+    # lists of mixtures take true / false for all / none
+    config = load_run_config("cpu", ["model.gate_input_norm=true", "model.noisy_gating=false"])
+    model = MoEFusionConfig.from_dict(config["model"])
+    assert model.gate_input_norm == ("mole", "moge") and model.noisy_gating == ()
+    with pytest.raises(ConfigError, match="must be a list"):
+        load_run_config("cpu", ["data.datasets=true"])

@@ -88,6 +88,8 @@ TEXT_ALLOWED: frozenset[str] = frozenset({"trainer.devices", "trainer.precision"
 PER_MIXTURE: frozenset[str] = frozenset(
     {"model.balance_loss", "model.gate_input_scale", "model.router_z_weight"}
 )
+#: Lists of mixtures that also take true (every mixture) or false (none).
+MIXTURE_LISTS: frozenset[str] = frozenset({"model.gate_input_norm", "model.noisy_gating"})
 
 
 def _is_number(v: Any) -> bool:
@@ -112,7 +114,9 @@ def _check_value(item: str, key: str, old: Any, new: Any) -> None:
     """Refuse a value of another kind than the config's (``optim.lr=fast``, ``data.crop=abc``).
 
     Numbers may replace numbers or lists (``data.crop=[256, 320]``) and anything may
-    replace or be replaced by ``null``; a list of numbers must stay numbers.
+    replace or be replaced by ``null``; a list of numbers must stay numbers. The
+    per-mixture settings take one value for every mixture (:data:`PER_MIXTURE`,
+    :data:`MIXTURE_LISTS`), as the model config does.
     """
     if old is None or new is None:
         return
@@ -126,7 +130,9 @@ def _check_value(item: str, key: str, old: Any, new: Any) -> None:
         ):
             problem = "a number"
     elif isinstance(old, list):
-        if not (isinstance(new, list) or _is_number(new)):
+        if isinstance(new, bool) and key in MIXTURE_LISTS:
+            pass
+        elif not (isinstance(new, list) or _is_number(new)):
             problem = "a list, e.g. [1, 2]"
         elif (
             isinstance(new, list)
