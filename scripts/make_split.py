@@ -2,6 +2,7 @@
 
     python scripts/make_split.py --version v1 --out src/moefusion/configs/splits/shared-data-v1.json
     python scripts/make_split.py --version v2 --out src/moefusion/configs/splits/shared-data-v2.json
+    python scripts/make_split.py --version v3 --out src/moefusion/configs/splits/shared-data-v3.json
 
 v1 (RoadScene, MSRS, LLVIP): at least 15 % of each dataset's pairs are held out; MSRS is
 stratified by day (D) and night (N); the labelled and unlabelled pairs of each dataset
@@ -16,6 +17,13 @@ v2 adds TNO-extra and VIFB and a validation part carved out of the training data
   remaining single scenes (never a sequence frame, which would duplicate train);
 - VIFB: 20 % held out, val 15 % of the rest.
 Nothing is trained or tuned on the test parts.
+
+v3 keeps every part of v2 as it is and adds
+- the three new training folders with train and validation parts only (no test part):
+  ``llvip_extra`` and ``m3fd`` 15 % validation; ``m3svd`` by clip (the stem's
+  ``<date>_<clip>`` prefix), so that no clip has frames in both parts;
+- ``msrs_eval`` (the official MSRS test pairs) as test only, stratified nowhere, and
+  listed under ``eval_only``: a run that would train or validate on it is refused.
 """
 
 from __future__ import annotations
@@ -29,7 +37,10 @@ SEED = 20231002
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.1
 V1_DATASETS = ("roadscene", "msrs", "llvip")
-V1_SPLIT = Path(__file__).resolve().parents[1] / "src/moefusion/configs/splits/shared-data-v1.json"
+SPLITS = Path(__file__).resolve().parents[1] / "src/moefusion/configs/splits"
+V1_SPLIT = SPLITS / "shared-data-v1.json"
+V2_SPLIT = SPLITS / "shared-data-v2.json"
+V3_VAL_FRACTION = 0.15
 
 
 def v1_group_fn(root: Path, name: str):
@@ -80,13 +91,34 @@ def make_v2(data: Path) -> dict:
     return {"seed": SEED, "test_fraction": TEST_FRACTION, "datasets": datasets}
 
 
+def make_v3(data: Path) -> dict:
+    split = load_split(V2_SPLIT)
+    for name in ("llvip_extra", "m3fd"):
+        stems = [p.stem for p in dataset_pairs(data / name)]
+        train, val = split_stems(stems, V3_VAL_FRACTION, seed=SEED)
+        split["datasets"][name] = {"train": train, "val": val, "test": []}
+    stems = [p.stem for p in dataset_pairs(data / "m3svd")]
+    clips = sorted({s.rsplit("_", 1)[0] for s in stems})
+    train_clips, val_clips = split_stems(clips, V3_VAL_FRACTION, seed=SEED)
+    split["datasets"]["m3svd"] = {
+        "train": [s for s in stems if s.rsplit("_", 1)[0] in train_clips],
+        "val": [s for s in stems if s.rsplit("_", 1)[0] in val_clips],
+        "test": [],
+    }
+    stems = [p.stem for p in dataset_pairs(data / "msrs_eval")]
+    split["datasets"]["msrs_eval"] = {"train": [], "val": [], "test": stems}
+    split["eval_only"] = ["msrs_eval"]
+    return split
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--version", choices=("v1", "v2"), default="v2")
+    parser.add_argument("--version", choices=("v1", "v2", "v3"), default="v3")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    split = make_v1(args.data) if args.version == "v1" else make_v2(args.data)
+    make = {"v1": make_v1, "v2": make_v2, "v3": make_v3}[args.version]
+    split = make(args.data)
     for name, parts in split["datasets"].items():
         print(name + ": " + ", ".join(f"{len(v)} {k}" for k, v in parts.items()))
     save_split(args.out, split)

@@ -48,6 +48,8 @@ _SOURCES: dict[str, str] = {
     "resolve_split": "splits",
     "split_part_pairs": "splits",
     "SHARED_DATASETS": "splits",
+    "EVAL_ONLY_DATASETS": "splits",
+    "check_trainable": "splits",
     "load_voc": "annotations.voc",
     "load_yolo": "annotations.yolo",
     "match_pairs": "pairs",
@@ -122,6 +124,8 @@ __all__ = [
     "save_split",
     "split_part_pairs",
     "split_stems",
+    "check_trainable",
+    "EVAL_ONLY_DATASETS",
     "to_gray",
     "to_unit_float",
     "ycbcr_to_rgb",
@@ -189,7 +193,9 @@ if TYPE_CHECKING:
         same_size_batches,
     )
     from moefusion.data.splits import (
+        EVAL_ONLY_DATASETS,
         SHARED_DATASETS,
+        check_trainable,
         load_split,
         msrs_day_night,
         resolve_split,

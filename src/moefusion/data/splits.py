@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from moefusion.data.pairs import Pair
 
 __all__ = [
+    "EVAL_ONLY_DATASETS",
     "SHARED_DATASETS",
+    "check_trainable",
     "load_split",
     "msrs_day_night",
     "resolve_split",
@@ -39,6 +41,11 @@ __all__ = [
 SHARED_DATASETS = ("roadscene", "msrs", "llvip", "tno_extra", "vifb")
 
 SPLIT_PACKAGE = "moefusion.configs.splits"
+
+#: Dataset folders that are evaluation only (the official MSRS test pairs, the field's
+#: benchmark): no fusion training, validation or selection may read them. A split file
+#: can name more under ``eval_only``.
+EVAL_ONLY_DATASETS: tuple[str, ...] = ("msrs_eval",)
 
 # Guards ceil() against float noise such as 0.3 * 10 == 3.0000000000000004.
 _EPS = 1e-9
@@ -126,7 +133,30 @@ def _validate(split: Any, source: str) -> dict[str, Any]:
                         f"{source}: dataset {name!r} has stems in both {a} and {b}: "
                         f"{', '.join(both[:10])}"
                     )
+    eval_only = split.get("eval_only", [])
+    if not isinstance(eval_only, list) or not all(isinstance(n, str) for n in eval_only):
+        raise ConfigError(f"{source}: 'eval_only' must be a list of dataset names")
+    for name in eval_only:
+        parts = split["datasets"].get(name, {})
+        if parts.get("train") or parts.get("val"):
+            raise ConfigError(f"{source}: eval-only dataset {name!r} has train or val stems")
     return split
+
+
+def check_trainable(names: Iterable[str], split: Mapping[str, Any] | None = None) -> None:
+    """Refuse evaluation-only datasets (:data:`EVAL_ONLY_DATASETS`, a split's ``eval_only``).
+
+    Raises:
+        ConfigError: one line naming the dataset and why it cannot be trained on.
+    """
+    refused = set(EVAL_ONLY_DATASETS) | set((split or {}).get("eval_only", []))
+    for name in names:
+        if name in refused:
+            raise ConfigError(
+                f"dataset {name!r} is evaluation only (MSRS test pairs, the field's benchmark): "
+                "fusion weights must not be trained, validated or selected on it; "
+                "remove it from data.datasets / --data"
+            )
 
 
 def save_split(path: str | Path, split: dict[str, Any]) -> Path:
@@ -141,6 +171,8 @@ def save_split(path: str | Path, split: dict[str, Any]) -> Path:
             for name, parts in sorted(split["datasets"].items())
         },
     }
+    if split.get("eval_only"):
+        out["eval_only"] = sorted(split["eval_only"])
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return p

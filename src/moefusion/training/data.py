@@ -16,6 +16,7 @@ from moefusion.data import (
     RandomCrop,
     RandomHorizontalFlip,
     Resize,
+    check_trainable,
     collate_pairs,
     resolve_split,
 )
@@ -53,6 +54,9 @@ def build_train_dataset(data: Data) -> ConcatDataset:
     if not data.datasets:
         raise ConfigError("data.datasets is empty: list at least one folder with ir/ and vi/")
     split = resolve_split(data.split)
+    check_trainable(
+        [n for e in data.datasets for n in (e.dataset_name, Path(e.root).resolve().name)], split
+    )
     transform = build_transform(data)
     parts = []
     for entry in data.datasets:
