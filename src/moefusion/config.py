@@ -150,39 +150,148 @@ def _check_value(item: str, key: str, old: Any, new: Any) -> None:
         )
 
 
-def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+#: Sections that ``stages.<name>`` may set again for one stage of a staged run.
+STAGE_SECTIONS: tuple[str, ...] = ("data", "optim", "trainer")
+#: ``trainer`` keys that give a stage its length; they do not turn on a stage that the
+#: config (or a ``stages.<name>`` override) turns off (``max_epochs: 0``).
+LENGTH_KEYS: frozenset[str] = frozenset({"max_epochs", "max_steps", "max_time"})
+
+
+def _split(item: str) -> tuple[str, list[str], str]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.subkey=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), key.strip().split("."), raw
+
+
+def _set(result: dict[str, Any], item: str, key: str, parts: list[str], raw: str) -> Any:
+    """Set one ``a.b.c=value`` in place (the key must exist); returns the value."""
+    node: Any = result
+    for depth, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"override {item!r}: no key {'.'.join(parts[: depth + 1])!r}")
+        node = node[part]
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise ConfigError(f"override {item!r}: no key {key!r} in the config")
+    try:
+        value = _yaml_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML") from exc
+    _check_value(item, key, node[parts[-1]], value)
+    node[parts[-1]] = value
+    return value
+
+
+def _stage_is_off(config: Mapping[str, Any], stage: Mapping[str, Any]) -> bool:
+    """Whether a stage's trainer (its keys over the top-level ones) trains nothing, as
+    :meth:`moefusion.training.config.TrainerConfig.is_empty` says."""
+    trainer = {**(config.get("trainer") or {}), **(stage.get("trainer") or {})}
+    steps, epochs = trainer.get("max_steps"), trainer.get("max_epochs")
+    return steps == 0 or (steps in (None, -1) and epochs == 0 and not trainer.get("max_time"))
+
+
+def _propagate(
+    result: dict[str, Any],
+    parts: list[str],
+    value: Any,
+    explicit: list[list[str]],
+    off: set[str],
+) -> list[str]:
+    """Give a top-level ``data``/``optim``/``trainer`` override to every stage that sets
+    the key itself, unless the command sets that stage's key too (the more specific
+    override wins, in any order) or the key is a length of a stage that is off.
+
+    Returns the names of the stages left off.
+    """
+    stages = result.get("stages")
+    if not isinstance(stages, dict):
+        return []
+    left_off = []
+    for name, stage in stages.items():
+        section = stage.get(parts[0]) if isinstance(stage, dict) else None
+        if not isinstance(section, dict) or parts[1] not in section:
+            continue  # the stage inherits the top-level value anyway
+        path = ["stages", name, *parts[:2]]
+        if any(p[: len(path)] == path or path[: len(p)] == p for p in explicit):
+            continue
+        if parts[0] == "trainer" and parts[1] in LENGTH_KEYS and name in off:
+            left_off.append(name)
+            continue
+        node = section
+        for part in parts[1:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and parts[-1] in node:
+            node[parts[-1]] = copy.deepcopy(value)
+    return left_off
+
+
+def apply_overrides(
+    config: Mapping[str, Any], overrides: Iterable[str], notes: list[str] | None = None
+) -> dict[str, Any]:
     """Return a copy of ``config`` with ``a.b.c=value`` overrides applied.
 
     Values are parsed as YAML (``3`` -> int, ``[1, 2]`` -> list, ``null`` -> None). A key
     must already exist, so that typos fail loudly instead of being ignored, and the value
     must be of the same kind as the config's (a number for a number...; see
     :func:`_check_value`).
+
+    In a staged config (one with ``stages``), an override of ``data``, ``optim`` or
+    ``trainer`` also replaces the key in every ``stages.<name>`` section that sets it,
+    so that ``trainer.max_epochs=1`` is not silently undone by a stage's own value;
+    ``stages.<name>.<section>.<key>=...`` on the same command wins for its stage, and a
+    length (``max_epochs``, ``max_steps``, ``max_time``) does not turn on a stage that is
+    off (``stages.joint.trainer.max_epochs: 0``): that is said in ``notes`` when given.
     """
     result = copy.deepcopy(dict(config))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.subkey=value")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node: Any = result
-        for depth, part in enumerate(parts[:-1]):
-            if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"override {item!r}: no key {'.'.join(parts[: depth + 1])!r}")
-            node = node[part]
-        if not isinstance(node, dict) or parts[-1] not in node:
-            raise ConfigError(f"override {item!r}: no key {key!r} in the config")
-        try:
-            value = _yaml_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML") from exc
-        _check_value(item, key.strip(), node[parts[-1]], value)
-        node[parts[-1]] = value
+    items = [(item, *_split(item)) for item in overrides]
+    explicit = [parts for _, _, parts, _ in items if parts[0] == "stages"]
+    # a top-level section key (or whole section) reaches the stages; the rest goes first,
+    # so that which stages are off is known
+    reaching = [parts[0] in STAGE_SECTIONS for _, _, parts, _ in items]
+    for (item, key, parts, raw), late in zip(items, reaching, strict=True):
+        if not late:
+            _set(result, item, key, parts, raw)
+    stages = result.get("stages")
+    off = (
+        {n for n, s in stages.items() if isinstance(s, dict) and _stage_is_off(result, s)}
+        if isinstance(stages, dict)
+        else set()
+    )
+    for (item, key, parts, raw), late in zip(items, reaching, strict=True):
+        if not late:
+            continue
+        value = _set(result, item, key, parts, raw)
+        # a whole section (trainer={max_epochs: 1}) counts as one override per key
+        each = (
+            [([parts[0], k], v) for k, v in value.items()]
+            if len(parts) == 1 and isinstance(value, dict)
+            else [(parts, value)]
+            if len(parts) > 1
+            else []
+        )
+        for sub, sub_value in each:
+            left_off = _propagate(result, sub, sub_value, explicit, off)
+            if left_off and notes is not None:
+                where = ".".join(sub)
+                notes.append(
+                    f"{where}={_yaml_dump(sub_value)} applies to the stages that train; "
+                    f"{', '.join(left_off)} stays off (set stages.{left_off[0]}.{where} "
+                    "to train it)"
+                )
     return result
 
 
-def load_run_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Load a config (name or path) and apply overrides."""
-    return apply_overrides(load_config_file(name_or_path), overrides)
+def _yaml_dump(value: Any) -> str:
+    return (
+        yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...")
+    )
+
+
+def load_run_config(
+    name_or_path: str | Path, overrides: Iterable[str] = (), notes: list[str] | None = None
+) -> dict[str, Any]:
+    """Load a config (name or path) and apply overrides (see :func:`apply_overrides`)."""
+    return apply_overrides(load_config_file(name_or_path), overrides, notes)
 
 
 def save_config(config: Mapping[str, Any], path: str | Path) -> None:

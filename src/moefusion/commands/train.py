@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="dotted overrides of config values, e.g. optim.lr=2e-4 data.crop=256",
+        help="dotted overrides of config values, e.g. optim.lr=2e-4 data.crop=256; in a "
+        "staged config a data/optim/trainer key also replaces the stages' own value "
+        "(stages.NAME.SECTION.KEY=... sets one stage's)",
     )
     p.add_argument(
         "--data",
@@ -158,10 +162,18 @@ def run(args: argparse.Namespace) -> int:
     from moefusion.training.config import RunConfig
     from moefusion.training.run import train
 
-    config = load_run_config(args.config, args.overrides)
+    notes: list[str] = []
+    config = load_run_config(args.config, args.overrides, notes)
+    for note in notes:
+        print(f"moefusion train: note: {note}", file=sys.stderr)
     if args.data:
-        config["data"]["datasets"] = [{"root": d} for d in args.data]
-        config["data"]["split"] = None
+        values = {"datasets": [{"root": d} for d in args.data], "split": None}
+        config["data"].update(values)
+        for stage in (config.get("stages") or {}).values():
+            # a stage of a config file that sets its own datasets trains on --data too
+            data = stage.get("data") if isinstance(stage, dict) else None
+            if isinstance(data, dict):
+                data.update({k: copy.deepcopy(v) for k, v in values.items() if k in data})
     if args.seed is not None:
         config["seed"] = args.seed
     RunConfig.from_dict(config)  # unknown keys and bad values fail before anything is written
