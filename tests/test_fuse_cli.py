@@ -267,3 +267,67 @@ def test_samples_folder(tiny_weights: Path, tmp_path: Path) -> None:
     stems = sorted(p.stem for p in (SAMPLES / "ir").iterdir() if p.suffix in (".png", ".jpg"))
     assert sorted(p.stem for p in out.glob("*.png")) == stems
     assert np.asarray(Image.open(out / "010006.png")).shape == (1024, 1280)
+
+
+@pytest.fixture
+def pair_files(tmp_path: Path) -> tuple[Path, Path]:
+    """One pair in the working folder, as ``moefusion fuse --ir a.png --vi b.png`` sees it."""
+    rng = np.random.default_rng(5)
+    _write(tmp_path / "a.png", rng.integers(0, 256, (H, W), dtype=np.uint8))
+    _write(tmp_path / "b.png", rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+    return tmp_path / "a.png", tmp_path / "b.png"
+
+
+def test_one_pair_into_an_image_file_with_color_figure_and_gates(
+    tiny_weights: Path, pair_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out fused.png`` is the output file, beside the inputs (issue 38); the colour
+    image goes beside it, the figure and the gates where they are named."""
+    ir, vi = pair_files
+    folder = ir.parent
+    fused = folder / "fused.png"
+    rc = _fuse(
+        tiny_weights, "--ir", ir, "--vi", vi, "--out", fused, "--color",
+        "--figure", folder / "fig.png", "--save-gates", folder / "gates.json",
+    )  # fmt: skip
+    assert rc == 0
+    assert fused.is_file() and not (folder / "color").exists()
+    assert np.asarray(Image.open(fused)).shape == (H, W)
+    assert np.asarray(Image.open(folder / "fused_color.png")).shape == (H, W, 3)
+    assert (folder / "fig.png").is_file() and (folder / "gates.json").is_file()
+    assert f"into {fused}" in capsys.readouterr().out
+    # an existing output is replaced only with --overwrite; JPEG by its extension
+    assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", fused) == 2
+    assert "already exist" in capsys.readouterr().err
+    assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", fused, "--overwrite") == 0
+    assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", folder / "o" / "f.JPG") == 0
+    assert Image.open(folder / "o" / "f.JPG").format == "JPEG"
+
+
+def test_one_pair_output_file_may_not_replace_an_input(
+    tiny_weights: Path, pair_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ir, vi = pair_files
+    assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", vi, "--overwrite") == 2
+    assert "overwrite input" in capsys.readouterr().err
+
+
+def test_a_folder_stays_a_folder(
+    tiny_weights: Path,
+    pair_files: tuple[Path, Path],
+    data: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ir, vi = pair_files
+    existing = tmp_path / "out.png"  # an existing folder named like an image
+    existing.mkdir()
+    assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", existing) == 0
+    assert _listing(existing) == ["a.png"]
+    assert _fuse(tiny_weights, "--ir", ir, "--vi", vi, "--out", tmp_path / "fused") == 0
+    assert _listing(tmp_path / "fused") == ["a.png"]
+    # input folders into one image name: refused, naming the folder to give instead
+    irs, vis = data
+    assert _fuse(tiny_weights, "--ir", irs, "--vi", vis, "--out", tmp_path / "x.png") == 2
+    assert "give an output folder" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

@@ -2,7 +2,9 @@
 
 Outputs: ``<out>/<stem>.png`` (8-bit gray) and, with ``--color``, ``<out>/color/<stem>.png``
 (8-bit RGB) so that ``<out>`` holds only gray images paired by stem (what ``moefusion
-evaluate`` expects). Recursive input keeps its relative sub-folders under both.
+evaluate`` expects). Recursive input keeps its relative sub-folders under both. For two
+input files, an ``--out`` with an image extension (``fused.png``) is the output file itself
+and ``--color`` writes ``<name>_color<ext>`` beside it (:func:`single_output`).
 
 The data goes one way, each step done by the layer that owns it:
 read (:func:`moefusion.data.read_pair_batches`) -> fuse (:meth:`moefusion.Fuser.fuse_arrays`)
@@ -27,12 +29,14 @@ from moefusion.commands._common import (
     DEVICE_HELP,
     check_figure_path,
     check_not_same_input,
+    check_targets,
     check_writable_outputs,
     device_arg,
     resolve_weights,
 )
 from moefusion.commands._fuse_images import (
     GateLog,
+    Job,
     RunState,
     check_job_targets,
     fuse_jobs,
@@ -41,8 +45,10 @@ from moefusion.commands._fuse_images import (
 )
 from moefusion.data import (
     HIGH_BIT_MODES,
+    Pair,
     PairResize,
     find_pairs,
+    is_image_file,
     parse_size,
 )
 from moefusion.errors import MoEFusionError
@@ -61,7 +67,8 @@ def add_parser(
             "Fuse infrared/visible pairs with MoE-Fusion. --ir/--vi are two image files or "
             "two folders whose images are paired by file stem. Writes <out>/<stem>.png "
             "(8-bit gray) and with --color <out>/color/<stem>.png (the visible image's "
-            "colour with the fused luminance). Two video files (or two folders of numbered "
+            "colour with the fused luminance); for two files, --out fused.png writes "
+            "fused.png (and fused_color.png). Two video files (or two folders of numbered "
             "frames with --sequence) are fused into <out>/<stem>.mp4 and <out>/<stem>_gates.csv. "
             "Exit code 0 when every pair was fused, 1 when some failed, 2 for usage errors."
         ),
@@ -72,7 +79,9 @@ def add_parser(
         "--out",
         type=Path,
         required=True,
-        help="output folder (not inside an input folder, nor the folder of input files)",
+        help="output folder (not inside an input folder, nor the folder of input files); "
+        "for two input files, a name with an image extension (fused.png) is the output "
+        "file itself, and --color then writes fused_color.png beside it",
     )
     p.add_argument(
         "--weights",
@@ -192,6 +201,46 @@ def _check_options(args: argparse.Namespace) -> None:
     check_not_same_input(args.ir, args.vi)
 
 
+# ------------------------------------------------------------------------------ outputs
+
+
+def color_file(out: Path) -> Path:
+    """Where ``--color`` goes for a single output file: ``fused.png`` -> ``fused_color.png``."""
+    return out.with_name(f"{out.stem}_color{out.suffix}")
+
+
+def single_output(args: argparse.Namespace, pairs: list[Pair]) -> Job | None:
+    """The job of one pair fused into the file ``--out`` names (``--out fused.png``), or
+    None when ``--out`` is a folder (no image extension, or an existing folder).
+
+    An image name for the outputs of input folders is refused: many pairs cannot go to
+    one file, and a folder called ``fused.png`` is not what was meant.
+    """
+    out = args.out
+    if not is_image_file(out) or out.is_dir():
+        return None
+    if not (args.ir.is_file() and args.vi.is_file()) or len(pairs) != 1:
+        raise MoEFusionError(
+            f"--out {out} names an image file, but --ir/--vi are folders ({len(pairs)} "
+            f"pair(s)); give an output folder (--out {out.with_suffix('')}/)"
+        )
+    return Job(pair=pairs[0], gray=out, color=color_file(out) if args.color else None)
+
+
+def check_single_targets(job: Job, args: argparse.Namespace, extra: list[Path]) -> None:
+    """Checks of a single output file: not a folder, not an input, not written twice, not
+    replaced without ``--overwrite``. It may sit beside the input files (one named file
+    is not picked up as a pair, unlike a folder of outputs there)."""
+    for target in [job.gray, job.color]:
+        if target is not None and target.is_dir():
+            raise MoEFusionError(f"output {target} is an existing folder; choose another --out")
+    check_targets(
+        [t for t in (job.gray, job.color) if t is not None] + extra,
+        [job.pair.ir, job.pair.vi],
+        overwrite=args.overwrite or args.skip_existing,
+    )
+
+
 # ------------------------------------------------------------------------------ run
 
 
@@ -217,10 +266,16 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
 
     pairs = find_pairs(args.ir, args.vi, recursive=args.recursive)
-    jobs = plan_jobs(pairs, args.out, args.color)
     extra = [p for p in (args.figure, args.save_gates) if p is not None]
-    check_job_targets(jobs, args, extra)
-    check_writable_outputs(args.out, extra)
+    single = single_output(args, pairs)
+    if single is not None:
+        jobs = [single]
+        check_single_targets(single, args, extra)
+        check_writable_outputs(args.out.parent, extra)
+    else:
+        jobs = plan_jobs(pairs, args.out, args.color)
+        check_job_targets(jobs, args, extra)
+        check_writable_outputs(args.out, extra)
     todo, skipped = split_existing(jobs) if args.skip_existing else (list(jobs), [])
     gate_log = GateLog(str(weights)) if args.save_gates is not None else None
     if gate_log is not None and args.skip_existing:
