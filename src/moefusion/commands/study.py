@@ -9,7 +9,7 @@ from typing import Any
 
 from moefusion.errors import MoEFusionError
 
-NAMES = ("ablation", "experts", "alpha")
+NAMES = ("ablation", "experts", "alpha", "dynamic")
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -30,14 +30,20 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
             "  ablation  full, w/o MoLE, w/o MoGE, Att-Local (Table 2)\n"
             "  experts   E2K2, E4K2, E6K2, E8K2, E4K1, E4K3, E4K4 (Fig. 7)\n"
             "  alpha     alpha 1, 5, 10, 20, 40 (Fig. 8)\n"
+            "  dynamic   no training: day vs night (or two groups of a --groups CSV), how\n"
+            "            much of each source the fused images keep and the gate weights,\n"
+            "            with permutation tests (section 'Dynamic routing' of docs/studies.md)\n"
             "examples:\n"
             "  moefusion study ablation --out runs/studies --steps 1000\n"
             "  moefusion study experts --data mydata --out runs/mine --budget-minutes 10\n"
-            "  moefusion study alpha --out runs/studies --seeds 3   # means and spreads"
+            "  moefusion study alpha --out runs/studies --seeds 3   # means and spreads\n"
+            "  moefusion study dynamic --data ../shared/data/msrs_eval --out runs/dynamic"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", choices=NAMES, metavar="NAME", help="ablation, experts or alpha")
+    p.add_argument(
+        "name", choices=NAMES, metavar="NAME", help="ablation, experts, alpha or dynamic"
+    )
     p.add_argument(
         "--data",
         action="append",
@@ -53,7 +59,12 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         help="train/val/test split; 'auto' (the default with --data) holds out 20 %% of each "
         "dataset and keeps 15 %% of the rest for validation, written to <out>/split.json",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/studies"), help="study folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="study folder (default runs/studies; dynamic: runs/studies/dynamic)",
+    )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument(
         "--steps", type=int, default=None, help="fusion-stage steps per run (default 1000)"
@@ -65,7 +76,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         metavar="M",
         help="wall-clock minutes per run instead of steps (constant learning rate)",
     )
-    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="first seed (default 0; dynamic: permutation seed)"
+    )
     p.add_argument("--seeds", type=int, default=1, help="seeds per variant: seed, seed+1, ...")
     p.add_argument("--config", default="cpu", help="staged base config (name or YAML file)")
     p.add_argument(
@@ -86,12 +99,22 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--report-only",
         action="store_true",
-        help="write the table from the finished runs only (train nothing)",
+        help="write the table from the finished runs only (train nothing; dynamic: the "
+        "summary and figure again from <out>/pairs.csv and gates.csv)",
     )
+    from moefusion.commands.study_dynamic import add_arguments
+
+    add_arguments(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.name == "dynamic":
+        from moefusion.commands.study_dynamic import run as run_dynamic
+
+        return run_dynamic(args)
+    if args.out is None:
+        args.out = Path("runs/studies")
     from moefusion.commands._common import resolve_weights
     from moefusion.studies import STUDIES, Budget, StudySettings, run_variant
     from moefusion.studies.report import write_report
