@@ -45,14 +45,22 @@ from moefusion.metrics.conventions import get_convention
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "PAPER_METRICS",
     "EvaluationResults",
     "Summary",
     "check_conventions",
     "evaluate_folders",
+    "join_methods",
     "markdown_table",
+    "mean_ranks",
+    "metric_ranks",
     "output_files",
     "parse_resize",
+    "rank_positions",
+    "read_peer_metrics",
     "read_u8",
+    "rename_methods",
+    "select_stems",
     "summarise",
     "undefined_values",
     "write_tables",
@@ -488,3 +496,177 @@ def write_tables(
         atomic_write_text(js, json.dumps(payload, indent=2) + "\n")
         written += [per_image, md, summary_csv, js]
     return written
+
+
+# ----------------------------------------------------------------------------- mean ranks
+
+#: The eight metrics of the MoE-Fusion paper's Table 1 (higher is better for each).
+PAPER_METRICS: tuple[str, ...] = ("EN", "SF", "SD", "MI", "VIF", "AG", "SCD", "Qabf")
+#: How ties share a rank in :func:`metric_ranks` (``scipy.stats.rankdata``): ``"min"`` =
+#: competition ranking (two methods tied for best both get 1, the next gets 3).
+RANK_TIES = "min"
+
+
+def metric_ranks(
+    means: Mapping[str, Mapping[str, float]],
+    metrics: Sequence[str] = PAPER_METRICS,
+    ties: str = RANK_TIES,
+) -> dict[str, dict[str, float]]:
+    """Rank of every method on every metric among all methods of ``means``
+    (``{method: {metric: mean}}``): 1 = best, in each metric's direction
+    (:data:`moefusion.metrics.HIGHER_IS_BETTER`); equal values share a rank as
+    ``scipy.stats.rankdata(method=ties)`` does. A non-finite mean gets rank NaN and does
+    not take part in that metric's ranking.
+    """
+    from scipy.stats import rankdata
+
+    out: dict[str, dict[str, float]] = {m: {} for m in means}
+    for k in metrics:
+        finite = [m for m in means if means[m][k] is not None and math.isfinite(means[m][k])]
+        sign = -1.0 if HIGHER_IS_BETTER[k] else 1.0
+        ranks = rankdata([sign * float(means[m][k]) for m in finite], method=ties)
+        for m in means:
+            out[m][k] = math.nan
+        for m, r in zip(finite, ranks, strict=True):
+            out[m][k] = float(r)
+    return out
+
+
+def mean_ranks(
+    means: Mapping[str, Mapping[str, float]],
+    metrics: Sequence[str] = PAPER_METRICS,
+    ties: str = RANK_TIES,
+) -> dict[str, float]:
+    """Each method's mean over ``metrics`` of its rank (:func:`metric_ranks`) among all
+    methods of ``means``; lower is better. Metrics with an undefined mean are left out of
+    that method's mean (NaN when none is left)."""
+    out = {}
+    for m, ranks in metric_ranks(means, metrics, ties).items():
+        vals = [r for r in ranks.values() if math.isfinite(r)]
+        out[m] = float(np.mean(vals)) if vals else math.nan
+    return out
+
+
+def rank_positions(scores: Mapping[str, float]) -> dict[str, int]:
+    """Position of each method when ordered by ``scores`` (e.g. mean ranks; lower is
+    better), ties sharing the best position (competition ranking); NaN scores last."""
+    ordered = sorted(v for v in scores.values() if math.isfinite(v))
+    return {
+        m: (ordered.index(v) + 1 if math.isfinite(v) else len(scores)) for m, v in scores.items()
+    }
+
+
+# ----------------------------------------------------------------------------- other methods' values
+
+#: Key columns of a per-image metrics CSV of other methods (e.g. ``reference/peers``).
+PEER_KEY_COLUMNS: tuple[str, ...] = ("set", "dataset", "stem", "method", "convention")
+#: Columns of that CSV that are not metrics.
+PEER_OTHER_COLUMNS: tuple[str, ...] = ("H", "W")
+
+
+def read_peer_metrics(path: Path) -> dict[tuple[str, str], EvaluationResults]:
+    """Read a per-image metrics CSV with one row per (set, dataset, stem, method,
+    convention) and one column per metric (plus ``H``, ``W``), as
+    ``../shared/reference/peers/metrics_per_image.csv``, into one
+    :class:`EvaluationResults` per ``(set, dataset)``. Stems are kept as text (leading
+    zeros matter).
+
+    Raises:
+        MoEFusionError: missing key columns, a repeated row, a value that is not a
+            number, or a method lacking a stem (or convention) that another row of its
+            ``(set, dataset)`` has.
+    """
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = tuple(reader.fieldnames or ())
+        missing = [c for c in PEER_KEY_COLUMNS if c not in columns]
+        if missing:
+            raise MoEFusionError(f"{path}: no column(s) {', '.join(missing)}")
+        metrics = tuple(c for c in columns if c not in PEER_KEY_COLUMNS + PEER_OTHER_COLUMNS)
+        groups: dict[tuple[str, str], dict[str, dict[str, dict[str, dict[str, float]]]]] = {}
+        for line, row in enumerate(reader, start=2):
+            key = (row["set"], row["dataset"])
+            conv, method, stem = row["convention"], row["method"], row["stem"]
+            per_stem = groups.setdefault(key, {}).setdefault(conv, {}).setdefault(method, {})
+            if stem in per_stem:
+                raise MoEFusionError(
+                    f"{path}:{line}: repeated row for {key[0]}/{key[1]}/{stem} {method} {conv}"
+                )
+            try:
+                per_stem[stem] = {k: float(row[k]) for k in metrics}
+            except (TypeError, ValueError) as exc:
+                raise MoEFusionError(f"{path}:{line}: not a number ({exc})") from exc
+    out = {}
+    for key, values in groups.items():
+        conventions = tuple(values)
+        methods = tuple(dict.fromkeys(m for c in conventions for m in values[c]))
+        stems = set().union(*(set(values[c][m]) for c in conventions for m in values[c]))
+        for c in conventions:
+            for m in methods:
+                lacking = stems - set(values[c].get(m, {}))
+                if lacking:
+                    raise MoEFusionError(
+                        f"{path}: {key[0]}/{key[1]}: method {m!r} ({c}) lacks {_names(lacking)}"
+                    )
+        out[key] = EvaluationResults(conventions, methods, tuple(sorted(stems)), values)
+    return out
+
+
+def join_methods(first: EvaluationResults, other: EvaluationResults) -> EvaluationResults:
+    """The methods of both results side by side, for their common conventions; the
+    order of ``first``'s stems.
+
+    Raises:
+        PairError: the two do not have exactly the same stems.
+        MoEFusionError: a method name in both, or no common convention.
+    """
+    only_first = set(first.stems) - set(other.stems)
+    only_other = set(other.stems) - set(first.stems)
+    if only_first or only_other:
+        raise PairError(
+            "the results are not on the same pairs: "
+            + "; ".join(
+                f"{n} only in {where} ({_names(s)})"
+                for where, s in (("the first", only_first), ("the other", only_other))
+                for n in [len(s)]
+                if s
+            )
+        )
+    both = set(first.methods) & set(other.methods)
+    if both:
+        raise MoEFusionError(f"method(s) in both results: {_names(both)}")
+    conventions = tuple(c for c in first.conventions if c in other.conventions)
+    if not conventions:
+        raise MoEFusionError("the results have no convention in common")
+    values = {
+        c: {
+            **{m: dict(first.values[c][m]) for m in first.methods},
+            **{m: dict(other.values[c][m]) for m in other.methods},
+        }
+        for c in conventions
+    }
+    return EvaluationResults(
+        conventions, first.methods + other.methods, first.stems, values, first.resize
+    )
+
+
+def select_stems(results: EvaluationResults, keep: Iterable[str]) -> EvaluationResults:
+    """``results`` restricted to the stems in ``keep`` (in ``results``' order)."""
+    wanted = set(keep)
+    stems = tuple(s for s in results.stems if s in wanted)
+    values = {
+        c: {m: {s: results.values[c][m][s] for s in stems} for m in results.methods}
+        for c in results.conventions
+    }
+    return EvaluationResults(results.conventions, results.methods, stems, values, results.resize)
+
+
+def rename_methods(results: EvaluationResults, names: Mapping[str, str]) -> EvaluationResults:
+    """``results`` with methods renamed by ``names`` (others keep their name)."""
+    new = tuple(names.get(m, m) for m in results.methods)
+    values = {
+        c: {names.get(m, m): results.values[c][m] for m in results.methods}
+        for c in results.conventions
+    }
+    return EvaluationResults(results.conventions, new, results.stems, values, results.resize)
