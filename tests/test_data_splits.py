@@ -175,3 +175,68 @@ def test_resolve_split_by_name_or_path(tmp_path: Path) -> None:
         resolve_split("nope")
     with pytest.raises(ConfigError, match="split file not found"):
         resolve_split(str(tmp_path / "missing.json"))
+
+
+def test_shipped_v3_split_keeps_v2_and_holds_msrs_eval_out() -> None:
+    from importlib import resources
+
+    folder = resources.files("moefusion.configs.splits")
+    v2 = json.loads((folder / "shared-data-v2.json").read_text())["datasets"]
+    v3_split = json.loads((folder / "shared-data-v3.json").read_text())
+    v3 = v3_split["datasets"]
+    assert set(v3) == set(v2) | {"llvip_extra", "m3fd", "m3svd", "msrs_eval"}
+    for name, parts in v2.items():
+        assert v3[name] == parts  # every v2 part, held-out stems included, is unchanged
+    for name in ("llvip_extra", "m3fd", "m3svd"):
+        assert v3[name]["train"] and v3[name]["val"] and v3[name]["test"] == []
+    # M3SVD frames of one clip stay in one part
+    clip = lambda stem: stem.rsplit("_", 1)[0]  # noqa: E731
+    assert not {clip(s) for s in v3["m3svd"]["train"]} & {clip(s) for s in v3["m3svd"]["val"]}
+    assert v3["msrs_eval"]["train"] == [] and v3["msrs_eval"]["val"] == []
+    assert len(v3["msrs_eval"]["test"]) == 180
+    assert {msrs_day_night(s) for s in v3["msrs_eval"]["test"]} == {"D", "N"}
+    assert v3_split["eval_only"] == ["msrs_eval"]
+
+
+def test_eval_only_datasets_are_refused(tmp_path: Path) -> None:
+    from moefusion.data import check_trainable
+
+    check_trainable(["msrs", "roadscene"])
+    with pytest.raises(ConfigError, match="'msrs_eval' is evaluation only"):
+        check_trainable(["msrs", "msrs_eval"])
+    split = {"seed": 0, "test_fraction": 1.0, "eval_only": ["bench"],
+             "datasets": {"bench": {"train": [], "test": ["x"]}}}  # fmt: skip
+    with pytest.raises(ConfigError, match="'bench' is evaluation only"):
+        check_trainable(["bench"], split)
+    # a split cannot put train stems in an eval-only dataset, and eval_only survives a save
+    assert load_split(save_split(tmp_path / "s.json", split))["eval_only"] == ["bench"]
+    split["datasets"]["bench"]["train"] = ["y"]
+    with pytest.raises(ConfigError, match="eval-only dataset 'bench' has train or val"):
+        save_split(tmp_path / "t.json", split)
+
+
+@pytest.mark.parametrize("how", ["root", "name"])
+def test_training_on_msrs_eval_is_refused_in_one_line(
+    tmp_path: Path, how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moefusion.training.data import build_train_dataset
+
+    _write_dataset(tmp_path / "msrs_eval", ["00001D", "00002N"])
+    _write_dataset(tmp_path / "mine", ["00001D", "00002N"])
+    entry = (
+        {"root": str(tmp_path / "msrs_eval"), "name": "renamed"}
+        if how == "root"
+        else {"root": str(tmp_path / "mine"), "name": "msrs_eval"}
+    )
+    with pytest.raises(ConfigError, match="'msrs_eval' is evaluation only") as err:
+        build_train_dataset({"datasets": [entry]})
+    assert "\n" not in str(err.value)
+    # the CLI says it in one line, without a traceback, before anything is written
+    from moefusion.cli import main
+
+    code = main(["train", "--config", "cpu", "--data", str(tmp_path / "msrs_eval"),
+                 "--out", str(tmp_path / "run")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code != 0 and "evaluation only" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "stage2-fusion").exists()
