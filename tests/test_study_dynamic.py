@@ -153,9 +153,14 @@ def test_command_writes_pairs_gates_summary_and_figure(
     assert "| moe-fusion | 3+3 |" in md and "MoLE foreground" in md
     assert Image.open(out / "dynamic.png").size[0] < 1400
 
-    # a second run refuses to replace the outputs; --report-only recomputes from the CSVs
-    assert main(args) == 2
-    assert "exists" in capsys.readouterr().err
+    # the same command again continues the run (here: nothing left, same numbers); other
+    # settings are refused without --overwrite; --report-only recomputes from the CSVs
+    assert main(args) == 0
+    capsys.readouterr()
+    rerun = json.loads((out / "summary.json").read_text())
+    assert rerun["share"] == summary["share"] and rerun["gates"] == summary["gates"]
+    assert main([*args, "--baselines", "average"]) == 2
+    assert "other data, weights, methods or groups" in capsys.readouterr().err
     before = summary["share"]["moe-fusion"]["test"]["median_difference"]
     again = ["study", "dynamic", "--report-only", "--out", str(out), "--permutations", "99"]
     assert main(again) == 0
@@ -163,6 +168,37 @@ def test_command_writes_pairs_gates_summary_and_figure(
     assert summary2["share"]["moe-fusion"]["test"]["median_difference"] == pytest.approx(before)
     assert summary2["command"] == summary["command"]
     assert summary2["gates"]["moge"]["mean"] == summary["gates"]["moge"]["mean"]
+
+
+def test_an_interrupted_run_continues_from_its_cache(pairs_dir: Path, tmp_path: Path) -> None:
+    from moefusion.data import dataset_pairs
+
+    pairs = dataset_pairs(pairs_dir)
+    mapping = dynamic.msrs_groups([p.stem for p in pairs])
+    order = dynamic.processing_order(pairs, mapping)
+    assert [mapping[p.stem] for p in order] == ["day", "night"] * 3  # groups alternate
+    settings = {"baselines": ["average"]}
+    cache = tmp_path / "out" / dynamic.CACHE
+    kw = {"baselines": ["average"], "cache": cache, "settings": settings}
+    first = dynamic.measure_pairs(pairs, mapping, progress=lambda ps: list(ps)[:3], **kw)
+    assert len(first.stems) == 3 and first.total == 6 and not first.complete
+    assert set(first.labels) == {"day", "night"}
+    assert len(cache.read_text().splitlines()) == 1 + 3
+    measured: list[str] = []
+
+    def track(ps: list) -> list:
+        measured.extend(p.stem for p in ps)
+        return ps
+
+    done = dynamic.measure_pairs(pairs, mapping, progress=track, **kw)
+    assert len(measured) == 3 and not set(measured) & set(first.stems)
+    assert done.complete and done.stems == STEMS  # the pairs' order, not the processing's
+    fresh = dynamic.measure_pairs(pairs, mapping, baselines=["average"])
+    assert done.rows == fresh.rows
+    with pytest.raises(MoEFusionError, match="other data"):
+        dynamic.measure_pairs(pairs, mapping, baselines=["max"], cache=cache, settings={})
+    stopped = dynamic.measure_pairs(pairs, mapping, baselines=["average"], deadline=0.0)
+    assert stopped.stems == [] and stopped.total == 6
 
 
 def test_command_without_model_and_with_a_groups_csv(pairs_dir: Path, tmp_path: Path) -> None:
@@ -187,6 +223,7 @@ def test_command_without_model_and_with_a_groups_csv(pairs_dir: Path, tmp_path: 
         (["--groups", "missing.csv"], "not a file"),
         (["--fused", "nope"], "not a folder"),
         (["--permutations", "0"], "--permutations must be >= 1"),
+        (["--time-limit", "0"], "--time-limit must be > 0"),
     ],
 )
 def test_bad_input_is_one_line(

@@ -52,6 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--permutations", type=int, default=10000, help="label permutations per test (10000)"
     )
     g.add_argument("--device", default="cpu", help="device of the network (default cpu)")
+    g.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MIN",
+        help="stop measuring after MIN minutes and report the pairs done (a balanced random "
+        "subset); the same command continues the run (<out>/pairs.jsonl)",
+    )
     g.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
 
 
@@ -80,6 +88,14 @@ def _previous_summary(out: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _fingerprint(path: Path) -> str:
+    """``name sha256[:16]`` of a weights file: a resumed run must use the same weights."""
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return f"{path.name} {digest}"
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -102,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         m = dynamic.load_measurements(out)
         previous = _previous_summary(out)
+        m.total = previous.get("pairs_total")
         groups = list(previous.get("groups") or dict.fromkeys(m.labels))
         if len(groups) != 2 or set(m.labels) != set(groups):
             raise MoEFusionError(
@@ -126,8 +143,11 @@ def run(args: argparse.Namespace) -> int:
             raise MoEFusionError(f"--fused method name(s) {', '.join(clash)} clash; use NAME=DIR")
         if args.no_model and not baselines and not fused:
             raise MoEFusionError("nothing to measure: --no-model without baselines or --fused")
+        if args.time_limit is not None and args.time_limit <= 0:
+            raise MoEFusionError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
+        cache = out / dynamic.CACHE
         present = [out / f for f in OUTPUT_FILES if (out / f).exists()]
-        if present and not args.overwrite:
+        if present and not args.overwrite and not cache.is_file():
             raise MoEFusionError(
                 f"{present[0]} exists (an earlier run); pass --overwrite, --report-only or "
                 "another --out"
@@ -148,6 +168,16 @@ def run(args: argparse.Namespace) -> int:
 
             weights = resolve_weights(args.weights)
             fuser = Fuser.from_file(weights, device=device_arg(args.device))
+        settings = {
+            "data": str(data.resolve()),
+            "weights": _fingerprint(weights) if weights is not None else None,
+            "baselines": baselines,
+            "fused": {k: sorted(v) for k, v in fused.items()},
+            "groups": {s: mapping[s] for s in stems},
+        }
+        if args.overwrite:
+            for f in (cache, *(out / name for name in OUTPUT_FILES)):
+                f.unlink(missing_ok=True)
         m = dynamic.measure_pairs(
             pairs,
             mapping,
@@ -155,7 +185,12 @@ def run(args: argparse.Namespace) -> int:
             baselines=baselines,
             fused=fused,
             progress=lambda ps: tqdm(ps, desc="study dynamic", unit="pair", file=sys.stderr),
+            cache=cache,
+            settings=settings,
+            deadline=None if args.time_limit is None else time.monotonic() + 60 * args.time_limit,
         )
+        if not m.stems:
+            raise MoEFusionError("no pair measured before --time-limit")
         weights_name = weights.name if weights is not None else None
         data_name = str(data)
         command = f"moefusion {shlex.join(argv)}" if argv else ""
@@ -184,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
         )
     for name, t in summary["gates"].items():
         print(f"gates {name}: L1 {t['l1_mean_difference']:.3f}, p = {t['p_value']:.4f}")
+    if not m.complete:
+        print(f"partial: {len(m.stems)} of {m.total} pairs; run the same command to continue")
     print(f"{len(m.stems)} pairs in {(time.perf_counter() - start) / 60:.1f} min")
     for kind, path in paths.items():
         print(f"{kind}: {path}")

@@ -47,6 +47,8 @@ OURS = "moe-fusion"
 REFERENCE = "average"
 #: MSRS stem suffix -> group.
 MSRS_GROUPS: Mapping[str, str] = {"D": "day", "N": "night"}
+#: Per-pair records of a run (JSON lines, settings first): what a rerun continues from.
+CACHE = "pairs.jsonl"
 #: Columns of the per-pair CSV.
 PAIR_COLUMNS = ("stem", "group", "method", "q_ir", "q_vi", "ir_share", "qabf", "ir_weight")
 #: Mixture names in the figure and tables.
@@ -323,12 +325,19 @@ class Measurements:
         rows: one dict per (pair, method) with :data:`PAIR_COLUMNS`.
         gates: ``{mixture: [pairs, N]}`` gate weights of the model (empty without one).
         stems, labels: the pairs' stems and groups, in order (rows of ``gates``).
+        total: pairs the run was given (more than ``stems`` when it stopped early).
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     gates: dict[str, np.ndarray] = field(default_factory=dict)
     stems: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    total: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every pair of the run was measured (``total`` unknown counts as complete)."""
+        return self.total is None or len(self.stems) >= self.total
 
     def methods(self) -> list[str]:
         return list(dict.fromkeys(r["method"] for r in self.rows))
@@ -384,22 +393,22 @@ def fused_folders(specs: Mapping[str, Path]) -> dict[str, dict[str, Path]]:
     return out
 
 
-def measure_pairs(
-    pairs: Sequence[Pair],
-    mapping: Mapping[str, str],
+def measure_pair(
+    pair: Pair,
+    group: str,
     *,
     fuser: Fuser | None = None,
     baselines: Sequence[str] = (),
     fused: Mapping[str, Mapping[str, Path]] | None = None,
-    progress: Callable[[Sequence[Pair]], Any] | None = None,
-) -> Measurements:
-    """Source share of every method on every pair, and the model's gates.
+) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    """Source share of every method on one pair (rows of :data:`PAIR_COLUMNS`), and the
+    model's gate weights ``{mixture: [N]}`` (empty without a model).
 
     Sources are read as 8-bit and turned to gray with MATLAB ``rgb2gray`` (the ``float``
     convention of the metrics). The model fuses the pair as ``moefusion fuse`` does
     (:func:`moefusion.data.load_pair`), the baselines as ``moefusion baseline`` does;
     every fused image is rounded to 8 bits as it would be saved. ``fused`` gives other
-    methods' images by stem (pairs a method lacks are skipped for it).
+    methods' images by stem (a method that lacks the pair is skipped).
 
     Raises:
         MoEFusionError: unreadable images, a fused image of another size than its pair.
@@ -410,44 +419,147 @@ def measure_pairs(
     from moefusion.metrics import to_gray_u8
     from moefusion.metrics.source_share import source_share
 
-    result = Measurements()
-    iterator = progress(pairs) if progress is not None else pairs
-    gate_rows: dict[str, list[np.ndarray]] = {}
-    for p in iterator:
-        group = mapping[p.stem]
-        ir_raw, vi_raw = read_u8(p.ir), read_u8(p.vi)
-        if ir_raw.shape[:2] != vi_raw.shape[:2]:
-            raise MoEFusionError(
-                f"{p.stem}: infrared {ir_raw.shape[1]}x{ir_raw.shape[0]} and visible "
-                f"{vi_raw.shape[1]}x{vi_raw.shape[0]} differ in size"
+    ir_raw, vi_raw = read_u8(pair.ir), read_u8(pair.vi)
+    if ir_raw.shape[:2] != vi_raw.shape[:2]:
+        raise MoEFusionError(
+            f"{pair.stem}: infrared {ir_raw.shape[1]}x{ir_raw.shape[0]} and visible "
+            f"{vi_raw.shape[1]}x{vi_raw.shape[0]} differ in size"
+        )
+    ir, vi = to_gray_u8(ir_raw, "float"), to_gray_u8(vi_raw, "float")
+    images: dict[str, np.ndarray] = {}
+    gates: dict[str, list[float]] = {}
+    if fuser is not None:
+        loaded = load_pair(pair.ir, pair.vi)
+        res = fuser.fuse(loaded.ir, loaded.vi, return_details=True)
+        images[OURS] = to_u8(res.fused)
+        gates = {name: [float(x) for x in g] for name, g in res.gates.items()}
+    if baselines:
+        ir_f, vi_f = to_unit_gray(ir_raw), to_unit_gray(vi_raw)
+        for method in baselines:
+            images[method] = to_u8(fuse_baseline(ir_f, vi_f, method))
+    for method, files in (fused or {}).items():
+        if pair.stem in files:
+            f = to_gray_u8(read_u8(files[pair.stem]), "float")
+            if f.shape != ir.shape:
+                raise MoEFusionError(
+                    f"{files[pair.stem]}: {f.shape[1]}x{f.shape[0]}, but pair {pair.stem} is "
+                    f"{ir.shape[1]}x{ir.shape[0]}"
+                )
+            images[method] = f
+    rows = [
+        {"stem": pair.stem, "group": group, "method": method, **source_share(ir, vi, f).as_dict()}
+        for method, f in images.items()
+    ]
+    return rows, gates
+
+
+def processing_order(pairs: Sequence[Pair], mapping: Mapping[str, str]) -> list[Pair]:
+    """The pairs in a fixed order that alternates the groups, each group shuffled by a
+    hash of its stems: the pairs done when a run is stopped early are a balanced random
+    subset, not the first stems of one group."""
+    import hashlib
+
+    by_group: dict[str, list[Pair]] = {}
+    for p in pairs:
+        by_group.setdefault(mapping[p.stem], []).append(p)
+    queues = [
+        sorted(ps, key=lambda p: hashlib.sha256(p.stem.encode()).hexdigest())
+        for ps in by_group.values()
+    ]
+    order: list[Pair] = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        order += [q[i] for q in queues if i < len(q)]
+    return order
+
+
+def _read_cache(path: Path, settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Records of an earlier run of the same settings, by stem."""
+    lines = path.read_text().splitlines()
+    try:
+        head = json.loads(lines[0]) if lines else {}
+        records = [json.loads(line) for line in lines[1:] if line.strip()]
+    except ValueError:
+        # the last line may be cut by an interruption: keep what parses
+        records = []
+        for line in lines[1:]:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                break
+    if head.get("settings") != json.loads(json.dumps(settings)):
+        raise MoEFusionError(
+            f"{path} was made with other data, weights, methods or groups; pass --overwrite "
+            "to start again, or another --out"
+        )
+    return {r["stem"]: r for r in records}
+
+
+def measure_pairs(
+    pairs: Sequence[Pair],
+    mapping: Mapping[str, str],
+    *,
+    fuser: Fuser | None = None,
+    baselines: Sequence[str] = (),
+    fused: Mapping[str, Mapping[str, Path]] | None = None,
+    progress: Callable[[Sequence[Pair]], Any] | None = None,
+    cache: Path | None = None,
+    settings: Mapping[str, Any] | None = None,
+    deadline: float | None = None,
+) -> Measurements:
+    """:func:`measure_pair` on every pair, in :func:`processing_order`.
+
+    With ``cache``, every pair's record is appended to that JSON-lines file as soon as it
+    is measured, and the pairs it already holds (for the same ``settings``) are not
+    measured again: an interrupted run continues where it stopped. ``deadline``
+    (``time.monotonic()`` value) stops measuring early; :attr:`Measurements.total` then
+    exceeds the pairs measured. The result lists the pairs in the order of ``pairs``.
+
+    Raises:
+        MoEFusionError: see :func:`measure_pair`; a cache made with other settings.
+    """
+    import time
+
+    records: dict[str, dict[str, Any]] = {}
+    handle = None
+    if cache is not None:
+        if cache.is_file():
+            records = _read_cache(cache, settings or {})
+        else:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"settings": settings or {}}) + "\n")
+        handle = cache.open("a")
+    todo = [p for p in processing_order(pairs, mapping) if p.stem not in records]
+    try:
+        for p in progress(todo) if progress is not None else todo:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            rows, gates = measure_pair(
+                p, mapping[p.stem], fuser=fuser, baselines=baselines, fused=fused
             )
-        ir, vi = to_gray_u8(ir_raw, "float"), to_gray_u8(vi_raw, "float")
-        images: dict[str, np.ndarray] = {}
-        if fuser is not None:
-            loaded = load_pair(p.ir, p.vi)
-            res = fuser.fuse(loaded.ir, loaded.vi, return_details=True)
-            images[OURS] = to_u8(res.fused)
-            for name, g in res.gates.items():
-                gate_rows.setdefault(name, []).append(np.asarray(g, dtype=np.float64))
-        if baselines:
-            ir_f, vi_f = to_unit_gray(ir_raw), to_unit_gray(vi_raw)
-            for method in baselines:
-                images[method] = to_u8(fuse_baseline(ir_f, vi_f, method))
-        for method, files in (fused or {}).items():
-            if p.stem in files:
-                f = to_gray_u8(read_u8(files[p.stem]), "float")
-                if f.shape != ir.shape:
-                    raise MoEFusionError(
-                        f"{files[p.stem]}: {f.shape[1]}x{f.shape[0]}, but pair {p.stem} is "
-                        f"{ir.shape[1]}x{ir.shape[0]}"
-                    )
-                images[method] = f
-        for method, f in images.items():
-            s = source_share(ir, vi, f)
-            result.rows.append({"stem": p.stem, "group": group, "method": method, **s.as_dict()})
+            records[p.stem] = {
+                "stem": p.stem,
+                "group": mapping[p.stem],
+                "rows": rows,
+                "gates": gates,
+            }
+            if handle is not None:
+                handle.write(json.dumps(records[p.stem]) + "\n")
+                handle.flush()
+    finally:
+        if handle is not None:
+            handle.close()
+    result = Measurements(total=len(pairs))
+    gate_rows: dict[str, list[list[float]]] = {}
+    for p in pairs:
+        if p.stem not in records:
+            continue
+        r = records[p.stem]
+        result.rows += r["rows"]
         result.stems.append(p.stem)
-        result.labels.append(group)
-    result.gates = {k: np.stack(v) for k, v in gate_rows.items()}
+        result.labels.append(mapping[p.stem])
+        for name, g in r["gates"].items():
+            gate_rows.setdefault(name, []).append(g)
+    result.gates = {k: np.array(v, dtype=np.float64) for k, v in gate_rows.items()}
     return result
 
 
@@ -492,6 +604,8 @@ def summarise(
     return {
         "groups": list(groups),
         "pairs": {g: m.labels.count(g) for g in groups},
+        "pairs_measured": len(m.stems),
+        "pairs_total": m.total if m.total is not None else len(m.stems),
         "permutations": permutations,
         "seed": seed,
         "reference": reference if reference in m.methods() else None,
@@ -512,6 +626,13 @@ def markdown(summary: Mapping[str, Any], header: Sequence[str] = ()) -> str:
     """The summary as Markdown tables (share per method, against the reference, gates)."""
     g0, g1 = summary["groups"]
     lines = [*header, ""] if header else []
+    measured, total = summary.get("pairs_measured"), summary.get("pairs_total")
+    if measured is not None and total is not None and measured < total:
+        lines += [
+            f"**Partial run: {measured} of {total} pairs measured** (a random, group-balanced "
+            "subset); run the same command again to continue.",
+            "",
+        ]
     lines += [
         f"Pairs: {g0} {summary['pairs'][g0]}, {g1} {summary['pairs'][g1]}. Infrared share "
         "`q_ir / (q_ir + q_vi)` (halves of Qabf, docs/metrics.md): median [IQR] per group; "
