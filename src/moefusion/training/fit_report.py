@@ -56,6 +56,18 @@ def correlation(x: np.ndarray, y: np.ndarray) -> float:
     return float((dx * dy).sum() / den) if den > 0 else float("nan")
 
 
+def finite_mean(values: Sequence[float]) -> float:
+    """Mean of the defined (finite) values; NaN when there are none.
+
+    ``np.nanmean`` would give the same numbers, plus a ``Mean of empty slice`` warning
+    when no value is defined, e.g. every correlation of a constant output early on a
+    tiny data set: that is a result (undefined), not something to act on.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    finite = array[np.isfinite(array)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
 def reference_losses(
     pairs: Sequence[Mapping[str, Any]], *, pixel_target: str, alpha: float
 ) -> dict[str, float]:
@@ -121,9 +133,9 @@ def model_fit(
         model.train(was_training)
     stats = {
         "loss": float(np.mean(losses)),
-        "scd": float(np.nanmean(scds)),
-        "corr_ir": float(np.nanmean(c_ir)),
-        "corr_vi": float(np.nanmean(c_vi)),
+        "scd": finite_mean(scds),
+        "corr_ir": finite_mean(c_ir),
+        "corr_vi": finite_mean(c_vi),
     }
     for name, gs in gates.items():
         usage = expert_usage(torch.cat(gs))
@@ -207,7 +219,11 @@ class FitReport(L.Callback):
         if not self.pairs or not trainer.is_global_zero:
             return
         stats = self.measure(pl_module.model)  # type: ignore[arg-type]
-        pl_module.log_dict({f"fit/{k}": v for k, v in stats.items()}, rank_zero_only=True)
+        # straight to the loggers: measured on rank 0 alone, the values have nothing to
+        # sync, and LightningModule.log under DDP would recommend sync_dist for each one
+        metrics = {f"fit/{k}": v for k, v in stats.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics({**metrics, "epoch": trainer.current_epoch}, trainer.global_step)
         record = {
             "stage": self.stage,
             "epoch": trainer.current_epoch,

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 
 from moefusion.losses import fusion_loss
 from moefusion.models import MoEFusion
@@ -78,6 +79,12 @@ class RunModule(L.LightningModule):
         # weights would slow their steps (moefusion.runtime); teardown restores the mode.
         self._denormals_were_flushed = denormals_flushed()
         set_flush_denormal_all_threads(True)
+        if self._trainer is not None and isinstance(self._trainer.strategy, DDPStrategy):
+            # Before DDP wraps the model: the convolutions see channels-last activations,
+            # so the gradients of 1x1 and depthwise kernels come out channels-last; with
+            # the parameters in that layout too, they match DDP's bucket views (same
+            # values; otherwise DDP warns "Grad strides do not match bucket view strides").
+            self.model.to(memory_format=torch.channels_last)
 
     def teardown(self, stage: str) -> None:
         set_flush_denormal_all_threads(getattr(self, "_denormals_were_flushed", False))
