@@ -85,7 +85,7 @@ def test_empty_folder_and_missing_path(tmp_path: Path) -> None:
         dataset_pairs(root)
     with pytest.raises(PairError, match="nowhere"):
         find_pairs(root / "ir", tmp_path / "nowhere")
-    with pytest.raises(PairError, match="no 'ir' subfolder"):
+    with pytest.raises(PairError, match="fits no known layout"):
         dataset_pairs(tmp_path / "ir")
 
 

@@ -59,8 +59,22 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--data",
         action="append",
         metavar="DIR",
-        help="dataset folder(s) with ir/, vi/ and optional labels/; replaces data.datasets "
-        "and disables the shipped split (repeat for several folders)",
+        help="dataset folder(s) with ir/, vi/ and optional labels/, or an official "
+        "M3FD, LLVIP, FLIR-aligned or MSRS download as it is (see --layout); replaces "
+        "data.datasets and disables the shipped split (repeat for several folders)",
+    )
+    p.add_argument(
+        "--layout",
+        default=None,
+        choices=("auto", "moefusion", "m3fd", "llvip", "flir", "msrs"),
+        help="folder layout of the --data folders (default auto: detected; ir/ + vi/, or "
+        "the official M3FD, LLVIP, FLIR-aligned or MSRS download; docs/data.md)",
+    )
+    p.add_argument(
+        "--part",
+        default=None,
+        choices=("train", "test"),
+        help="part of an LLVIP or MSRS download to train on (default train)",
     )
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config>)")
     p.add_argument(
@@ -162,12 +176,15 @@ def run(args: argparse.Namespace) -> int:
     from moefusion.training.config import RunConfig
     from moefusion.training.run import train
 
+    if (args.layout or args.part) and not args.data:
+        raise MoEFusionError("--layout and --part apply to --data folders; pass --data DIR")
     notes: list[str] = []
     config = load_run_config(args.config, args.overrides, notes)
     for note in notes:
         print(f"moefusion train: note: {note}", file=sys.stderr)
     if args.data:
-        values = {"datasets": [{"root": d} for d in args.data], "split": None}
+        where = {k: v for k, v in (("layout", args.layout), ("part", args.part)) if v}
+        values = {"datasets": [{"root": d, **where} for d in args.data], "split": None}
         config["data"].update(values)
         for stage in (config.get("stages") or {}).values():
             # a stage of a config file that sets its own datasets trains on --data too

@@ -63,6 +63,8 @@ class PairedFusionDataset(Dataset):
             instead of raising.
         name: dataset name in samples; default the root (or IR folder's parent) name.
         recursive: search image folders recursively (stems become relative paths).
+        ir_suffix, vi_suffix: ends of the file stems that mark the two images of a pair
+            in one folder (FLIR-aligned; see :func:`~moefusion.data.pairs.match_pairs`).
 
     Raises at construction (without ``skip_bad``), naming the file:
         ImageReadError (unreadable image), PairError (unpaired or size mismatch),
@@ -85,6 +87,8 @@ class PairedFusionDataset(Dataset):
         skip_bad: bool = False,
         name: str | None = None,
         recursive: bool = False,
+        ir_suffix: str = "",
+        vi_suffix: str = "",
     ) -> None:
         root_p = Path(root) if root is not None else None
         if root_p is None and (ir_dir is None or vi_dir is None):
@@ -110,7 +114,9 @@ class PairedFusionDataset(Dataset):
         # (stem, reason) of every pair or unpaired file dropped by skip_bad.
         self.skipped: list[tuple[str, str]] = []
 
-        all_pairs, ir_only, vi_only = match_pairs(ir_p, vi_p, recursive=recursive)
+        all_pairs, ir_only, vi_only = match_pairs(
+            ir_p, vi_p, recursive=recursive, ir_suffix=ir_suffix, vi_suffix=vi_suffix
+        )
         if ir_only or vi_only:
             message = unpaired_message(ir_p, vi_p, ir_only, vi_only)
             if not skip_bad:

@@ -65,10 +65,14 @@ def _key(path: Path, folder: Path, recursive: bool) -> str:
     return path.stem
 
 
-def list_images(folder: str | Path, role: str, *, recursive: bool = False) -> dict[str, Path]:
+def list_images(
+    folder: str | Path, role: str, *, recursive: bool = False, suffix: str = ""
+) -> dict[str, Path]:
     """The image files of ``folder`` (:func:`~moefusion.data.io.is_image_file`) keyed by
     stem, sorted; with ``recursive`` keyed by relative posix path without extension.
     Hidden files and folders (``.*``) are ignored. ``role`` names the folder in errors.
+    With ``suffix`` only the files whose stem ends in it count, keyed without it (FLIR's
+    ``X_PreviewData.jpeg`` and ``X_RGB.jpg`` share one folder).
 
     Raises:
         ImageReadError: the folder does not exist.
@@ -84,11 +88,13 @@ def list_images(folder: str | Path, role: str, *, recursive: bool = False) -> di
         if p.is_file()
         and is_image_file(p)
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.stem.endswith(suffix)
     )
     found: dict[str, Path] = {}
     clashes: dict[str, list[str]] = {}
     for p in files:
         key = _key(p, folder, recursive)
+        key = key[: len(key) - len(suffix)] if suffix else key
         if key in found:
             clashes.setdefault(key, [found[key].name]).append(p.name)
         else:
@@ -99,22 +105,34 @@ def list_images(folder: str | Path, role: str, *, recursive: bool = False) -> di
             f"{len(clashes)} stem(s) occur more than once in {role} folder {folder}: {detail}"
         )
     if not found:
-        raise PairError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {role} folder {folder}")
+        which = f" named *{suffix}.*" if suffix else ""
+        raise PairError(
+            f"no image files{which} ({', '.join(IMAGE_EXTENSIONS)}) in {role} folder {folder}"
+        )
     return found
 
 
 def match_pairs(
-    ir_dir: Path, vi_dir: Path, *, recursive: bool = False
+    ir_dir: Path,
+    vi_dir: Path,
+    *,
+    recursive: bool = False,
+    ir_suffix: str = "",
+    vi_suffix: str = "",
 ) -> tuple[list[Pair], list[Path], list[Path]]:
     """Match two image folders: (pairs sorted by stem, IR files without VI, VI without IR).
+
+    With ``ir_suffix``/``vi_suffix`` the files are matched by their stems without them
+    (:func:`list_images`) and a pair is named after its infrared file, as the labels of
+    such a data set are (FLIR-aligned: ``FLIR_08865_PreviewData``).
 
     Raises:
         PairError: a folder has no images or the same stem twice.
     """
-    ir_files = list_images(ir_dir, "infrared", recursive=recursive)
-    vi_files = list_images(vi_dir, "visible", recursive=recursive)
+    ir_files = list_images(ir_dir, "infrared", recursive=recursive, suffix=ir_suffix)
+    vi_files = list_images(vi_dir, "visible", recursive=recursive, suffix=vi_suffix)
     common = sorted(ir_files.keys() & vi_files.keys())
-    pairs = [Pair(stem=k, ir=ir_files[k], vi=vi_files[k]) for k in common]
+    pairs = [Pair(stem=k + ir_suffix, ir=ir_files[k], vi=vi_files[k]) for k in common]
     ir_only = [ir_files[k] for k in sorted(set(ir_files) - set(vi_files))]
     vi_only = [vi_files[k] for k in sorted(set(vi_files) - set(ir_files))]
     return pairs, ir_only, vi_only
@@ -185,16 +203,33 @@ def find_pairs(
 
 
 def dataset_pairs(
-    root: str | Path, *, recursive: bool = False, allow_unpaired: bool = False
+    root: str | Path,
+    *,
+    recursive: bool = False,
+    allow_unpaired: bool = False,
+    layout: str = "auto",
+    part: str | None = None,
 ) -> list[Pair]:
-    """Pairs of ``root/ir`` and ``root/vi`` (see :func:`find_pairs`)."""
-    root_p = Path(root)
-    for sub in ("ir", "vi"):
-        if not (root_p / sub).is_dir():
-            raise PairError(f"dataset folder {root_p} has no '{sub}' subfolder")
-    return find_pairs(
-        root_p / "ir", root_p / "vi", recursive=recursive, allow_unpaired=allow_unpaired
+    """Pairs of the data set folder ``root`` in its layout (``ir/`` + ``vi/``, or an
+    official one: :func:`moefusion.data.layouts.resolve_layout`; see :func:`find_pairs`)."""
+    from moefusion.data.layouts import resolve_layout
+
+    found = resolve_layout(root, layout, part)
+    pairs, ir_only, vi_only = match_pairs(
+        found.ir_dir,
+        found.vi_dir,
+        recursive=recursive,
+        ir_suffix=found.ir_suffix,
+        vi_suffix=found.vi_suffix,
     )
+    if ir_only or vi_only:
+        message = unpaired_message(found.ir_dir, found.vi_dir, ir_only, vi_only)
+        if not allow_unpaired or not pairs:
+            raise PairError(message)
+        warnings.warn(
+            f"{len(ir_only) + len(vi_only)} unpaired image(s) ignored: {message}", stacklevel=2
+        )
+    return pairs
 
 
 # ------------------------------------------------------------------------------ batches

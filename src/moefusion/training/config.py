@@ -69,7 +69,16 @@ PIXEL_TARGETS: tuple[str, ...] = ("boxes", "max")
 #: Parts of a split file (``data.split_part``).
 SPLIT_PARTS: tuple[str, ...] = ("train", "val", "test")
 #: Keys of a ``data.datasets`` entry passed on to :class:`~moefusion.data.PairedFusionDataset`.
-DATASET_OPTIONS = ("label_set", "labels", "ir_dir", "vi_dir", "high_bit", "recursive")
+DATASET_OPTIONS = (
+    "label_set",
+    "labels",
+    "ir_dir",
+    "vi_dir",
+    "high_bit",
+    "recursive",
+    "layout",
+    "part",
+)
 
 
 # ------------------------------------------------------------------------------- data
@@ -77,12 +86,14 @@ DATASET_OPTIONS = ("label_set", "labels", "ir_dir", "vi_dir", "high_bit", "recur
 
 @dataclass
 class DatasetEntry(Section):
-    """One training dataset: a folder with ``ir/``, ``vi/`` and optional ``labels/``.
+    """One training dataset: a folder with ``ir/``, ``vi/`` and optional ``labels/``, or
+    in the layout of an official download (``layout``: ``auto``, ``moefusion``, ``m3fd``,
+    ``llvip``, ``flir``, ``msrs``; ``part``: ``train`` or ``test``; docs/data.md).
 
     In YAML a folder name alone or ``{root: DIR, name: NAME, label_set: infrared, ...}``;
-    keys other than ``root`` and ``name`` (:data:`DATASET_OPTIONS`) go to
-    :class:`~moefusion.data.PairedFusionDataset` as they are, and keep its defaults
-    when left out.
+    keys other than ``root``, ``name``, ``layout`` and ``part`` (:data:`DATASET_OPTIONS`)
+    go to :class:`~moefusion.data.PairedFusionDataset` as they are, and keep its
+    defaults when left out.
 
     Attributes:
         root: the dataset folder.
@@ -103,6 +114,13 @@ class DatasetEntry(Section):
         self.name = opt_str(self.name, f"data.datasets ({self.root}): name")
         self.options = mapping(self.options, f"data.datasets ({self.root})")
         reject_unknown(self.options, DATASET_OPTIONS, f"data.datasets ({self.root})")
+        from moefusion.data.layouts import LAYOUT_PARTS, LAYOUTS
+
+        where = f"data.datasets ({self.root})"
+        if self.options.get("layout") is not None:
+            choice(self.options["layout"], ("auto", *LAYOUTS), f"{where}: layout")
+        if self.options.get("part") is not None:
+            choice(self.options["part"], LAYOUT_PARTS, f"{where}: part")
 
     @property
     def dataset_name(self) -> str:

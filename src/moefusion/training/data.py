@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from moefusion.data import (
     collate_pairs,
     resolve_split,
 )
+from moefusion.data.layouts import resolve_layout
 from moefusion.errors import ConfigError
 from moefusion.training.config import DataConfig
 from moefusion.training.sampling import EpochSampler, EpochSeededDataset
@@ -48,6 +50,36 @@ def build_random_transform(data: Data) -> Compose:
     return build_transform(dataclasses.replace(DataConfig.coerce(data), resize=None, max_side=None))
 
 
+#: Layouts whose one label folder covers both parts (the other part's labels match no
+#: pair by design: no warning about them).
+SHARED_LABELS = ("llvip",)
+
+
+def layout_options(root: Path, options: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """A ``data.datasets`` entry's options for :class:`PairedFusionDataset`, with the
+    folders of the data set's layout (``layout``, ``part``; detected unless ``ir_dir``
+    or ``vi_dir`` name the folders; :func:`moefusion.data.layouts.resolve_layout`), and
+    the layout's name (None when the entry names its folders)."""
+    out = dict(options)
+    layout, part = out.pop("layout", None) or "auto", out.pop("part", None)
+    if "ir_dir" in out or "vi_dir" in out:
+        return out, None
+    found = resolve_layout(root, layout, part)
+    if found.name == "moefusion":
+        return out, found.name  # root/ir, root/vi, root/labels: the dataset's defaults
+    for key, value in found.dataset_options().items():
+        out.setdefault(key, value)
+    return out, found.name
+
+
+def _open_dataset(root: Path, options: Mapping[str, Any], **kwargs: Any) -> PairedFusionDataset:
+    resolved, layout = layout_options(root, options)
+    with warnings.catch_warnings():
+        if layout in SHARED_LABELS and "labels" not in options:
+            warnings.filterwarnings("ignore", message=r".* match no image pair")
+        return PairedFusionDataset(root, **kwargs, **resolved)
+
+
 def build_train_dataset(data: Data) -> ConcatDataset:
     """All training datasets of ``data`` (each one's ``data.split_part`` of the split)."""
     data = DataConfig.coerce(data)
@@ -70,15 +102,15 @@ def build_train_dataset(data: Data) -> ConcatDataset:
                 raise ConfigError(f"split has no entry for dataset {name!r}")
             stems = split["datasets"][name][data.split_part]
         parts.append(
-            PairedFusionDataset(
+            _open_dataset(
                 root,
+                entry.options,
                 classes=data.classes,
                 class_map=data.class_map,
                 stems=stems,
                 transform=transform,
                 skip_bad=data.skip_bad,
                 name=name,
-                **entry.options,
             )
         )
     return ConcatDataset(parts)
