@@ -8,7 +8,12 @@ from typing import Any
 import numpy as np
 
 from moefusion.metrics._inputs import MetricInputError, Triple, make_triple
-from moefusion.metrics.conventions import MIN_SIDE, get_convention
+from moefusion.metrics.conventions import (
+    MIN_SIDE,
+    get_convention,
+    metric_function,
+    unknown_metric_message,
+)
 
 
 def _select(convention: str, metrics: Iterable[str] | None) -> tuple[str, ...]:
@@ -16,17 +21,14 @@ def _select(convention: str, metrics: Iterable[str] | None) -> tuple[str, ...]:
     if metrics is None:
         return conv.metrics
     names = tuple(metrics)
-    unknown = [m for m in names if m not in conv.functions]
-    if unknown:
-        raise MetricInputError(
-            f"metric(s) {', '.join(unknown)} not defined in convention {convention!r}; "
-            f"available: {', '.join(conv.metrics)}"
-        )
+    msg = unknown_metric_message(convention, names)
+    if msg:
+        raise MetricInputError(msg)
     return names
 
 
 def _compute_triple(t: Triple, convention: str, names: Sequence[str]) -> dict[str, float]:
-    conv = get_convention(convention)
+    fns = {m: metric_function(convention, m) for m in names}
     side = min(t.fused.shape)
     for m in names:
         if side < MIN_SIDE.get(m, 2):
@@ -37,7 +39,7 @@ def _compute_triple(t: Triple, convention: str, names: Sequence[str]) -> dict[st
     # Degenerate images (flat, identical to a source) give 0/0 or log(0): the metric is
     # then NaN or inf, as in the references, without numpy warnings.
     with np.errstate(divide="ignore", invalid="ignore"):
-        return {m: float(conv.functions[m](t)) for m in names}
+        return {m: float(fns[m](t)) for m in names}  # type: ignore[misc]
 
 
 def compute(
@@ -47,14 +49,18 @@ def compute(
     convention: str = "paper",
     metrics: Iterable[str] | None = None,
 ) -> dict[str, float]:
-    """Metric values of one fused image: {metric name: value}, in ``METRICS`` order.
+    """Metric values of one fused image: {metric name: value}, in the convention's order.
 
     ``ir``, ``vi``, ``fused``: (H, W) numpy arrays or torch tensors of the same size,
     ``uint8``, or floating point holding whole grey levels in [0, 255] (anything else,
     e.g. a [0, 1] network output, raises :class:`MetricInputError`; round it to 8 bits
     first, as the saved image would be). Colour images must go through
     :func:`moefusion.metrics.to_gray_u8` with the same ``convention`` first.
-    ``metrics``: a subset of the convention's metrics (default: all of them).
+    ``metrics``: names to compute (default: all of the convention's metrics): any of the
+    convention's own, plus the extra metrics that every convention computes on request
+    (``FMI_pixel``, ``FMI_dct``, ``FMI_w``, ``Nabf``, ``MEF_MS_SSIM``, ...; see
+    :data:`moefusion.metrics.EXTRA_METRICS`). ``convention="vifb"`` gives the 13 VIFB
+    metrics (:data:`moefusion.metrics.VIFB_METRICS`).
     """
     names = _select(convention, metrics)
     return _compute_triple(make_triple(ir, vi, fused), convention, names)

@@ -1,0 +1,137 @@
+"""MEF-MS-SSIM (Ma, Zeng & Wang 2015): ``analysis_ms_ssim.m`` + ``mef_ssim.m`` of the TANG
+toolbox, the toolbox's "MS-SSIM" (a multi-exposure-fusion quality index, not Wang's
+MS-SSIM).
+
+The two sources (IR, VI) form the "exposure stack"; at every 11x11 window the fused
+patch is compared (SSIM without the luminance term, C = (0.03*255)^2, Gaussian window
+sigma 1.5) with a synthesised patch: the weighted mean structure of the source patches,
+scaled to the largest source contrast. Three scales (2x2 box filter with symmetric
+borders, then decimation), weights [0.0448 0.2856 0.3001] / sum; 'valid' windows.
+
+The original loops over windows; here every per-window quantity is expanded into sums
+over the window (box sums of x, x^2, x*y and Gaussian-weighted sums of x, x*y), computed
+once per image with separable filters. The box sums are exact integer arithmetic (the
+scale-2/3 images are multiples of 1/4, 1/16).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+_WIN = 11
+_K = 0.03
+_LEVEL_WEIGHTS = np.array([0.0448, 0.2856, 0.3001])
+_EPS = np.finfo(np.float64).eps
+
+
+def _gauss_1d() -> np.ndarray:
+    t = np.arange(-5, 6, dtype=np.float64)
+    g = np.exp(-(t * t) / (2 * 1.5 * 1.5))
+    return g / g.sum()
+
+
+def _box_valid(x: np.ndarray) -> np.ndarray:
+    """Exact 'valid' 11x11 box sums of an int64 image (integral image)."""
+    c = np.zeros((x.shape[0] + 1, x.shape[1] + 1), np.int64)
+    np.cumsum(np.cumsum(x, 0), 1, out=c[1:, 1:])
+    w = _WIN
+    return c[w:, w:] - c[:-w, w:] - c[w:, :-w] + c[:-w, :-w]
+
+
+def _gauss_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    y = cv2.sepFilter2D(x, cv2.CV_64F, g, g, borderType=cv2.BORDER_REFLECT)
+    r = _WIN // 2
+    return y[r : y.shape[0] - r, r : y.shape[1] - r]
+
+
+def _mef_ssim(seq: tuple[np.ndarray, np.ndarray], fused: np.ndarray, unit: int) -> float:
+    """Q of ``mef_ssim(imgSeq, fI)`` for two sources; images are float64 holding
+    multiples of 1/unit (``unit * x`` are exact integers)."""
+    n = _WIN * _WIN
+    ints = [np.rint(x * unit).astype(np.int64) for x in (*seq, fused)]
+    # Exact box sums (scaled by unit, unit^2): S1_k, S2_k, S12 of the sources.
+    s1 = [_box_valid(v) for v in ints[:2]]
+    s2 = [_box_valid(v * v) for v in ints[:2]]
+    s12 = _box_valid(ints[0] * ints[1])
+    u2 = float(unit) * unit
+    mu = [s.astype(np.float64) / (n * unit) for s in s1]
+    # Sum over the window of (x - mu)^2, exactly (n * S2 - S1^2) / n, and the covariance.
+    css = [(n * b - a * a).astype(np.float64) / (n * u2) for a, b in zip(s1, s2, strict=True)]
+    c12 = (n * s12 - s1[0] * s1[1]).astype(np.float64) / (n * u2)
+    # ed = sqrt(max(n * sigma^2, 0)) + 0.001 with sigma^2 of the uniform window.
+    ed = [np.sqrt(np.maximum(c, 0)) + 0.001 for c in css]
+    # R = (||sum_k (x_k - mean)|| + eps) / (sum_k ||x_k - mu_k|| + eps).
+    num = np.sqrt(np.maximum(css[0] + css[1] + 2 * c12, 0))
+    den = np.sqrt(css[0]) + np.sqrt(css[1])
+    r = (num + _EPS) / (den + _EPS)
+    r[r > 1] = 1 - _EPS
+    r[r < 0] = _EPS
+    p = np.tan(math.pi / 2 * r)
+    p[p > 10] = 10
+    wmap = [(e / _WIN) ** p + _EPS for e in ed]
+    norm = wmap[0] + wmap[1]
+    wmap = [w / norm for w in wmap]
+    max_ed = np.maximum(ed[0], ed[1])
+    # rBlock = sum_k a_k (x_k - mu_k), a_k = w_k / ed_k; then scaled to norm max_ed.
+    a = [w / e for w, e in zip(wmap, ed, strict=True)]
+    nr2 = a[0] * a[0] * css[0] + a[1] * a[1] * css[1] + 2 * a[0] * a[1] * c12
+    nr = np.sqrt(np.maximum(nr2, 0))
+    scale = np.where(nr > 0, max_ed / np.where(nr > 0, nr, 1), 1.0)
+    b = [ak * scale for ak in a]
+    # Gaussian-weighted window sums, on images shifted by 128 (less cancellation).
+    g = _gauss_1d()
+    gsum = float(np.outer(g, g).sum())
+    x = [v.astype(np.float64) / unit - 128 for v in ints]
+    mu_s = [m - 128 for m in mu]
+    gx = [_gauss_valid(v, g) for v in x]
+    gxx = [_gauss_valid(x[i] * x[j], g) for i, j in ((0, 0), (1, 1), (0, 1))]
+    gxf = [_gauss_valid(x[k] * x[2], g) for k in (0, 1)]
+    gff = _gauss_valid(x[2] * x[2], g)
+    # d_k = sum g (x_k - mu_k) ; mu1 = sum g r ; mu2 = sum g f.
+    d = [gx[k] - mu_s[k] * gsum for k in (0, 1)]
+    mu1 = b[0] * d[0] + b[1] * d[1]
+    mu2 = gx[2]
+
+    def cross(i: int, j: int, gij: np.ndarray) -> np.ndarray:
+        # sum g (x_i - mu_i)(x_j - mu_j)
+        return gij - mu_s[j] * gx[i] - mu_s[i] * gx[j] + mu_s[i] * mu_s[j] * gsum
+
+    srr = (
+        b[0] * b[0] * cross(0, 0, gxx[0])
+        + b[1] * b[1] * cross(1, 1, gxx[1])
+        + 2 * b[0] * b[1] * cross(0, 1, gxx[2])
+    )
+    # sum g (r - mu1)^2 = sum g r^2 - 2 mu1 sum g r + mu1^2 sum g
+    sigma1_sq = srr - 2 * mu1 * mu1 + mu1 * mu1 * gsum
+    sigma2_sq = gff - 2 * mu2 * mu2 + mu2 * mu2 * gsum
+    # sum g r f = sum_k b_k (sum g x_k f - mu_k sum g f)
+    srf = b[0] * (gxf[0] - mu_s[0] * gx[2]) + b[1] * (gxf[1] - mu_s[1] * gx[2])
+    sigma12 = srf - 2 * mu1 * mu2 + mu1 * mu2 * gsum
+    c = (_K * 255) ** 2
+    q = (2 * sigma12 + c) / (sigma1_sq + sigma2_sq + c)
+    return float(q.mean())
+
+
+def _downsample(x: np.ndarray) -> np.ndarray:
+    """``imfilter(x, ones(2)/4, 'symmetric', 'same')`` then ``x(1:2:end, 1:2:end)``."""
+    p = np.pad(x, ((0, 1), (0, 1)), mode="symmetric")
+    y = (p[:-1, :-1] + p[1:, :-1] + p[:-1, 1:] + p[1:, 1:]) / 4
+    return y[::2, ::2]
+
+
+def mef_ms_ssim_scales(ir: np.ndarray, vi: np.ndarray, fused: np.ndarray) -> tuple[float, ...]:
+    """(MEF_MS_SSIM, Q scale 1, Q scale 2, Q scale 3) of (H, W) uint8 images, H, W >= 44."""
+    seq = (ir.astype(np.float64), vi.astype(np.float64))
+    f = fused.astype(np.float64)
+    qs = []
+    for level in range(3):
+        qs.append(_mef_ssim(seq, f, 4**level))
+        if level < 2:
+            seq = (_downsample(seq[0]), _downsample(seq[1]))
+            f = _downsample(f)
+    w = _LEVEL_WEIGHTS / _LEVEL_WEIGHTS.sum()
+    overall = float(np.prod(np.array(qs) ** w))
+    return (overall, *qs)

@@ -1,0 +1,290 @@
+"""The 13 metrics of the VIFB toolbox (xingchenzhang/VIFB @ 22b2ea9d, ``metrics/``).
+
+VIFB's driver calls ``metrics<Name>(imgVI, imgIR, fused)`` on the uint8 arrays from
+``imread``: **visible first**. Every metric treats the two sources symmetrically, so the
+order only fixes the labels. Each function here takes (H, W) uint8 images and reproduces
+the original's arithmetic (same scale, same sums, same quirks); the quirks are listed in
+``docs/metrics.md``:
+
+* ``Psnr`` / ``Rmse`` use e = sqrt(SSE) / (M N), not an MSE;
+* ``Variance`` is the population standard deviation;
+* ``Mutinf`` is a sum over the sources, in nats, after min-max re-binning;
+* ``Ssim`` is a sum over the sources;
+* ``Qabf`` runs on 255 * the grey levels (so its gA == gF rule sees integers >= 255);
+* ``Qcb`` / ``Qcv`` min-max normalise every image; ``Qcv`` zero-pads partial 16x16 blocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+from scipy.signal import correlate2d
+
+from moefusion.metrics.fused_only import entropy_bits, sd_population
+from moefusion.metrics.qabf import qabf as _qabf
+
+
+def _hist(x: np.ndarray) -> np.ndarray:
+    return np.bincount(x.ravel(), minlength=256)
+
+
+# ----------------------------------------------------------------------------- histograms
+
+
+def cross_entropy(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
+    """Mean over the sources of sum_k P_S(k) log2(P_S(k)/P_F(k)), bins with both P > 0 only."""
+    n = fused.size
+    pf = _hist(fused) / n
+
+    def ce(src: np.ndarray) -> float:
+        ps = _hist(src) / n
+        k = (ps != 0) & (pf != 0)
+        # The original accumulates in grey-level order: result = P1*log2(P1/P2) + result.
+        terms = ps[k] * np.log2(ps[k] / pf[k])
+        return float(np.cumsum(terms)[-1]) if terms.size else 0.0
+
+    return (ce(vi) + ce(ir)) / 2.0
+
+
+def entropy(fused: np.ndarray) -> float:
+    """Shannon entropy (bits) of the 256-bin histogram."""
+    return entropy_bits(_hist(fused))
+
+
+def _rebin(x: np.ndarray) -> np.ndarray:
+    """VIFB mutinf's re-binning: min-max to [0, 1], then ``double(int16(x*255)) + 1``."""
+    a = x.astype(np.float64)
+    lo, hi = a.min(), a.max()
+    a = (a - lo) / (hi - lo) if hi != lo else np.zeros_like(a)
+    # int16() rounds half away from zero; values are >= 0 here.
+    return np.floor(a * 255 + 0.5).astype(np.int64)  # 0-based bin (the +1 of MATLAB)
+
+
+def _mi_nats(a: np.ndarray, b: np.ndarray) -> float:
+    ia, ib = _rebin(a), _rebin(b)
+    joint = np.bincount((ia * 256 + ib).ravel(), minlength=65536).astype(np.float64)
+
+    def h(counts: np.ndarray) -> float:
+        p = counts[counts != 0] / counts.sum()
+        return float(np.sum(-p * np.log(p)))
+
+    return h(joint.reshape(256, 256).sum(1)) + h(joint.reshape(256, 256).sum(0)) - h(joint)
+
+
+def mutinf(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
+    """MI(VI, F) + MI(IR, F) in nats, on min-max re-binned images."""
+    return _mi_nats(vi, fused) + _mi_nats(ir, fused)
+
+
+# ----------------------------------------------------------------------------- PSNR, RMSE
+
+
+def _e(src: np.ndarray, fused: np.ndarray) -> float:
+    """VIFB's ``mse``: sqrt(sum((a-b)^2)) / (M N) (not a mean squared error)."""
+    d = src.astype(np.int32) - fused.astype(np.int32)
+    sse = int(np.einsum("ij,ij->", d, d, dtype=np.int64))
+    return math.sqrt(sse) / fused.size
+
+
+def psnr(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
+    """20 log10(255 / sqrt(m)), m = mean over the sources of sqrt(SSE) / (M N)."""
+    m = (_e(vi, fused) + _e(ir, fused)) / 2.0
+    return 20 * math.log10(255 / math.sqrt(m)) if m > 0 else math.inf
+
+
+def rmse(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
+    """Mean over the sources of sqrt(SSE) / (M N) (lower is better)."""
+    return (_e(vi, fused) + _e(ir, fused)) / 2.0
+
+
+# ----------------------------------------------------------------------------- fused only
+
+
+def avg_gradient(fused: np.ndarray) -> float:
+    """sum sqrt((Gx^2 + Gy^2)/2) / ((M-1)(N-1)), MATLAB ``gradient``, in float64.
+
+    Same definition as the TANG ``AG``; computed with float64 square roots (the TANG
+    version's float32 ones stay within 2e-9, VIFB's references ask for 1e-9).
+    """
+    m, n = fused.shape
+    x = fused.astype(np.float64)
+    gx = np.empty_like(x)
+    gy = np.empty_like(x)
+    gx[:, 1:-1] = (x[:, 2:] - x[:, :-2]) / 2
+    gx[:, 0] = x[:, 1] - x[:, 0]
+    gx[:, -1] = x[:, -1] - x[:, -2]
+    gy[1:-1, :] = (x[2:, :] - x[:-2, :]) / 2
+    gy[0, :] = x[1, :] - x[0, :]
+    gy[-1, :] = x[-1, :] - x[-2, :]
+    return float(np.sum(np.sqrt((gx * gx + gy * gy) / 2)) / ((m - 1) * (n - 1)))
+
+
+def edge_intensity(fused: np.ndarray) -> float:
+    """Mean of sqrt(gx^2 + gy^2), unnormalised Sobel, ``imfilter(..., 'replicate')``."""
+    x = fused.astype(np.float64)
+    k = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], np.float64)
+    # cv2.filter2D is a correlation, like imfilter; integer data, so exact.
+    gx = cv2.filter2D(x, cv2.CV_64F, k, borderType=cv2.BORDER_REPLICATE)
+    gy = cv2.filter2D(x, cv2.CV_64F, k.T.copy(), borderType=cv2.BORDER_REPLICATE)
+    return float(np.mean(np.sqrt(gx * gx + gy * gy)))
+
+
+def variance(fused: np.ndarray) -> float:
+    """The population standard deviation (VIFB's ``Variance`` is a std)."""
+    return sd_population(_hist(fused))
+
+
+def spatial_frequency(fused: np.ndarray) -> float:
+    """sqrt(RF + CF), both sums of squared neighbour differences divided by M N."""
+    x = fused.astype(np.int32)
+    dc = x[:, 1:] - x[:, :-1]
+    dr = x[1:, :] - x[:-1, :]
+    s = int(np.einsum("ij,ij->", dc, dc, dtype=np.int64)) + int(
+        np.einsum("ij,ij->", dr, dr, dtype=np.int64)
+    )
+    m, n = fused.shape
+    return math.sqrt(s / (m * n))
+
+
+# ----------------------------------------------------------------------------- Qabf, SSIM
+
+
+def qabf(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
+    """Xydeas-Petrovic Qabf on 255 * im2double(double(u8)), i.e. on [0, 65025]."""
+    return _qabf(*(x.astype(np.float64) * 255.0 for x in (vi, ir, fused)))
+
+
+def _gauss_window(n: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """MATLAB ``fspecial('gaussian', n, sigma)`` (normalised), 2-D."""
+    r = (n - 1) / 2
+    t = np.arange(-r, r + 1)
+    g = np.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2 * sigma * sigma))
+    g[g < np.finfo(float).eps * g.max()] = 0
+    return g / g.sum()
+
+
+def _filter_valid(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """MATLAB ``filter2(w, x, 'valid')`` (correlation, no padding)."""
+    r = w.shape[0] // 2
+    y = cv2.filter2D(x, cv2.CV_64F, w, borderType=cv2.BORDER_REFLECT)
+    return y[r : y.shape[0] - r, r : y.shape[1] - r]
+
+
+def _ssim(a: np.ndarray, f: np.ndarray, w: np.ndarray) -> float:
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    ua, ub = _filter_valid(a, w), _filter_valid(f, w)
+    ua_sq, ub_sq, ua_ub = ua * ua, ub * ub, ua * ub
+    sa = _filter_valid(a * a, w) - ua_sq
+    sb = _filter_valid(f * f, w) - ub_sq
+    sab = _filter_valid(a * f, w) - ua_ub
+    m = ((2 * ua_ub + c1) * (2 * sab + c2)) / ((ua_sq + ub_sq + c1) * (sa + sb + c2))
+    return float(m.mean())
+
+
+def ssim(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
+    """ssim(VI, F) + ssim(IR, F): Wang's SSIM, 11x11 Gaussian (1.5), 'valid' windows."""
+    w = _gauss_window()
+    f = fused.astype(np.float64)
+    return _ssim(vi.astype(np.float64), f, w) + _ssim(ir.astype(np.float64), f, w)
+
+
+# ----------------------------------------------------------------------------- Qcb, Qcv
+
+
+def _normalize1(x: np.ndarray) -> np.ndarray:
+    """Z. Liu's ``normalize1``: min-max to 0..255 and ``round`` (half away from zero)."""
+    d = x.astype(np.float64)
+    hi, lo = d.max(), d.min()
+    if hi == 0 and lo == 0:
+        return d
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = (d - lo) / (hi - lo) * 255
+    return np.floor(v + 0.5)  # v >= 0 (or NaN for a constant non-zero image)
+
+
+def _freq_radius(shape: tuple[int, int], div: float) -> np.ndarray:
+    """r = sqrt(u^2 + v^2) on MATLAB's ``freqspace([M, N], 'meshgrid')`` grid, u scaled by
+    N/div and v by M/div (the shifted layout, DC at (floor(M/2), floor(N/2)))."""
+    m, n = shape
+    fu = (np.arange(n) - n // 2) * (2.0 / n)
+    fv = (np.arange(m) - m // 2) * (2.0 / m)
+    u = (n / div) * fu[None, :]
+    v = (m / div) * fv[:, None]
+    return np.sqrt(u * u + v * v)
+
+
+def _csf_filter(x: np.ndarray, h_shifted: np.ndarray) -> np.ndarray:
+    """real(ifft2(ifftshift(fftshift(fft2(x)) .* H)))."""
+    spec = np.fft.fftshift(np.fft.fft2(x)) * h_shifted
+    return np.fft.ifft2(np.fft.ifftshift(spec)).real
+
+
+def _gaussian31(sigma: float) -> np.ndarray:
+    """1-D factor g of Z. Liu's unnormalised 31x31 Gaussian: outer(g, g) =
+    exp(-(x^2 + y^2) / (2 sigma^2)) / (2 pi sigma^2) on -15..15."""
+    t = np.arange(-15, 16, dtype=np.float64)
+    return np.exp(-(t * t) / (2 * sigma * sigma)) / math.sqrt(2 * np.pi * sigma * sigma)
+
+
+def _filter_same_zero(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """MATLAB ``filter2(outer(g, g), x, 'same')`` with zero padding, as two 1-D passes
+    (direct sums, not OpenCV's DFT path for large 2-D kernels)."""
+    return cv2.sepFilter2D(x, cv2.CV_64F, g, g, borderType=cv2.BORDER_CONSTANT)
+
+
+def qcb(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
+    """Chen-Blum (Z. Liu's ``metricChenBlum``): CSF-filtered local contrast preservation."""
+    im1, im2, fu = (_normalize1(x) for x in (vi, ir, fused))
+    m, n = fu.shape
+    r = _freq_radius((m, n), 30.0)
+    f0, f1, a = 15.3870, 1.3456, 0.7622
+    sd = np.exp(-((r / f0) ** 2)) - a * np.exp(-((r / f1) ** 2))
+    g1, g2 = _gaussian31(2.0), _gaussian31(4.0)
+
+    def contrast_p(x: np.ndarray) -> np.ndarray:
+        y = _csf_filter(x, sd)
+        c = np.abs(_filter_same_zero(y, g1) / _filter_same_zero(y, g2) - 1)
+        return (c**3) / (c**2 + 0.0001)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c1p, c2p, cfp = contrast_p(im1), contrast_p(im2), contrast_p(fu)
+        mask = (c1p < cfp).astype(np.float64)
+        q1f = (c1p / cfp) * mask + (cfp / c1p) * (1 - mask)
+        mask = (c2p < cfp).astype(np.float64)
+        q2f = (c2p / cfp) * mask + (cfp / c2p) * (1 - mask)
+        den = c1p * c1p + c2p * c2p
+        q = (c1p * c1p) / den * q1f + (c2p * c2p) / den * q2f
+    return float(q.mean())
+
+
+def _block_sums(x: np.ndarray, size: int = 16) -> np.ndarray:
+    """Per-block sums of ``x`` over size x size blocks, zero-padding partial blocks
+    (MATLAB ``blkproc`` semantics)."""
+    m, n = x.shape
+    pm, pn = -(-m // size) * size, -(-n // size) * size
+    p = np.zeros((pm, pn), x.dtype)
+    p[:m, :n] = x
+    return p.reshape(pm // size, size, pn // size, size).sum(axis=(1, 3))
+
+
+def qcv(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
+    """Chen-Varshney (Z. Liu's ``metricChen``), lower is better."""
+    im1, im2, fu = (_normalize1(x) for x in (vi, ir, fused))
+    k1 = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64)
+    k2 = np.array([[-1, -2, -1], [0, 0, 0], [1, 2, 1]], np.float64)
+
+    def strength(x: np.ndarray) -> np.ndarray:
+        gx = correlate2d(x, k1, mode="same")
+        gy = correlate2d(x, k2, mode="same")
+        return np.sqrt(gx * gx + gy * gy)
+
+    lam1 = _block_sums(strength(im1) ** 5)
+    lam2 = _block_sums(strength(im2) ** 5)
+    m, n = fu.shape
+    r = _freq_radius((m, n), 8.0)
+    theta_m = 2.6 * (0.0192 + 0.144 * r) * np.exp(-((0.144 * r) ** 1.1))
+    d1 = _block_sums(_csf_filter(im1 - fu, theta_m) ** 2) / 256.0
+    d2 = _block_sums(_csf_filter(im2 - fu, theta_m) ** 2) / 256.0
+    return float(np.sum(lam1 * d1 + lam2 * d2) / np.sum(lam1 + lam2))
