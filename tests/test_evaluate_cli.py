@@ -274,3 +274,70 @@ def test_evaluate_real_msrs_pair(tmp_path: Path) -> None:
     res = evaluate_folders(DATA / "ir", DATA / "vi", {"max": fused_dir}, "paper", progress=False)
     assert res.stems == (stem,) and len(res.skipped_sources) == 15
     assert res.values["paper"]["max"][stem] == compute(ir, vi, np.maximum(ir, vi), "paper")
+
+
+def _argv(folders: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "evaluate",
+        "--ir",
+        str(folders["ir"]),
+        "--vi",
+        str(folders["vi"]),
+        "--fused",
+        f"avg={folders['avg']}",
+        "--fused",
+        str(folders["copy"]),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_cli_metrics_selection(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sel"
+    assert main(_argv(folders, out, "--metrics", "Nabf,EN,FMI_pixel")) == 0
+    capsys.readouterr()
+    with (out / "per_image_paper.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[2:5] == ["Nabf", "EN", "FMI_pixel"] and "MI" not in rows[0]
+    ir = _read(folders["ir"] / "a.png")
+    vi = to_gray_u8(_read(folders["vi"] / "a.png"), "paper")
+    f = _read(folders["avg"] / "a.png")
+    want = compute(ir, vi, f, "paper", metrics=["Nabf", "EN", "FMI_pixel"])
+    assert float(rows[0]["Nabf"]) == want["Nabf"]
+    data = json.loads((out / "summary_paper.json").read_text())
+    # Nabf is lower-is-better: the copy of a source has no artefact, so it ranks first.
+    assert data["higher_is_better"]["Nabf"] is False and data["ranks"]["copy"]["Nabf"] == 1
+    # Outside the block the conventions compute their default set again.
+    assert "Nabf" not in compute(ir, vi, f, "paper")
+
+
+def test_cli_vifb_convention(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "vifb"
+    assert (
+        main(_argv(folders, out, "--convention", "vifb", "--metrics", "Qcv,Psnr,MEF_MS_SSIM")) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "| method | Qcv ↓ | Psnr ↑ | MEF_MS_SSIM ↑ |" in printed
+
+
+def test_cli_metrics_errors(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _run(_argv(folders, tmp_path / "e", "--metrics", "FMI_pix,Qcb"), capsys)
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert "closest: FMI_pixel" in err and "Qcb (a metric of convention vifb)" in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_cli_help_lists_metrics(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = capsys.readouterr().out
+    for name in ("Qcb", "Cross_entropy", "FMI_w", "Nabf_tang2022", "MEF_MS_SSIM", "SSIM"):
+        assert name in text

@@ -101,6 +101,7 @@ def test_nabf_and_mef_ms_ssim(index: int) -> None:
     _assert_close(index, got, want)
 
 
+@pytest.mark.slow  # FMI_dct / FMI_w: about 5 s of CPU per feature and 640x480 image
 @pytest.mark.parametrize("index", range(len(CASES)), ids=CASE_IDS)
 def test_fmi(index: int) -> None:
     want = CASES[index]["fmi"]
