@@ -34,6 +34,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
             "  moefusion detect-eval --detector detect-eval/detector.safetensors \\\n"
             "      --test data/roadscene --split shared-data-v1 --fused ours=fused/ours \\\n"
             "      --out detect-eval/ours\n"
+            "  moefusion detect-eval --detector detect-eval/detector.safetensors \\\n"
+            "      --test data/msrs_eval --split msrs-eval-detect-v1 --fused ours=fused/ours \\\n"
+            "      --bootstrap 1000 --out detect-eval/ours-ci\n"
             "  moefusion detect-eval ... train.epochs=2 data.image_size=384"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -101,6 +104,22 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         help="replace the tables (and the detector, when training) of an earlier run in --out",
     )
     p.add_argument("--seed", type=int, default=None, help="random seed (default from config)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N resamples of the test images for 95 %% confidence intervals of every mAP and "
+        "of the differences fused - Infrared, fused - Visible, Infrared - Visible (paired "
+        "percentile bootstrap; also writes differences.csv). Default 0: no intervals",
+    )
+    p.add_argument(
+        "--bootstrap-seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seed of the bootstrap draws (default 0)",
+    )
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
     p.add_argument(
         "overrides",
@@ -114,6 +133,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 #: What a run writes into --out (the detector only when it trains one).
 TABLE_FILES = ("table.md", "table.csv", "table.json")
 DETECTOR_FILES = ("detector.safetensors", "detector.json")
+#: Written with --bootstrap.
+DIFFERENCES_FILE = "differences.csv"
 
 
 def check_outputs(args: argparse.Namespace, fused: dict[str, Path]) -> None:
@@ -130,13 +151,15 @@ def check_outputs(args: argparse.Namespace, fused: dict[str, Path]) -> None:
     inputs = [*args.train, *args.test, *fused.values()]
     check_output_outside(args.out, [d for d in inputs if d.is_dir()])
     names = TABLE_FILES + (DETECTOR_FILES if args.detector is None else ())
+    if args.bootstrap > 0:
+        names += (DIFFERENCES_FILE,)
     check_targets([args.out / n for n in names], [], overwrite=args.overwrite)
     check_writable_outputs(args.out)
 
 
 def run(args: argparse.Namespace) -> int:
     from moefusion.data import resolve_split
-    from moefusion.detection import DetectConfig, run_detection_eval
+    from moefusion.detection import Bootstrap, DetectConfig, run_detection_eval
 
     raw = load_run_config(args.config, args.overrides)
     if args.classes is not None:
@@ -146,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
         raw.setdefault("data", {})["classes"] = classes
     if args.seed is not None:
         raw["seed"] = args.seed
+    if args.bootstrap < 0:
+        raise MoEFusionError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     config = DetectConfig.from_dict(raw)
     fused = parse_named_dirs(args.fused, "--fused")
     split = resolve_split(args.split)
@@ -162,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         split_name=args.split,
         detector=args.detector,
         progress=not args.no_progress,
+        bootstrap=Bootstrap(args.bootstrap, args.bootstrap_seed),
     )
     print(table.to_markdown())
     print(f"tables written to {args.out}/table.md, table.csv, table.json")

@@ -20,6 +20,8 @@ Modules, one job each:
 - :mod:`~moefusion.detection.detector`: building, saving and loading the detector;
 - :mod:`~moefusion.detection.train`: training it;
 - :mod:`~moefusion.detection.scoring`: detections and AP / mAP;
+- :mod:`~moefusion.detection.bootstrap`: AP from matched detections, paired bootstrap
+  confidence intervals over the test images;
 - :mod:`~moefusion.detection.table`: the result table;
 - :mod:`~moefusion.detection.protocol`: the steps of a run, :func:`run_detection_eval`.
 """
@@ -45,7 +47,9 @@ from moefusion.detection.detector import (
 )
 from moefusion.detection.images import load_gray_image, prepare_image
 from moefusion.detection.protocol import (
+    Bootstrap,
     Detector,
+    bootstrap_table_rows,
     effective_config,
     run_detection_eval,
     score_rows,
@@ -63,7 +67,7 @@ from moefusion.detection.selection import (
     select_datasets,
     training_images,
 )
-from moefusion.detection.table import INTERPOLATION, DetectionTable, TableRow
+from moefusion.detection.table import INTERPOLATION, DetectionTable, DifferenceRow, TableRow
 from moefusion.detection.train import train_detector
 
 __all__ = [
@@ -71,17 +75,20 @@ __all__ = [
     "INFRARED",
     "INTERPOLATION",
     "VISIBLE",
+    "Bootstrap",
     "DataConfig",
     "DatasetSelection",
     "DetectConfig",
     "DetectionImage",
     "DetectionTable",
     "Detector",
+    "DifferenceRow",
     "EvalConfig",
     "ModelConfig",
     "TableRow",
     "TrainConfig",
     "average_precision",
+    "bootstrap_table_rows",
     "build_detector",
     "check_classes",
     "detect",
