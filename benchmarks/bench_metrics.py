@@ -1,6 +1,10 @@
 """Seconds per 640x480 image for each metric and convention, as a Markdown table.
 
-Usage: ``python benchmarks/bench_metrics.py [--repeat 15]``
+Usage: ``python benchmarks/bench_metrics.py [--repeat 15] [--extra-repeat 3]``
+
+A second table times the extended suite (issue #39): the ``vifb`` convention, every
+extra metric (FMI, Nabf, MEF-MS-SSIM) alone, and the whole extended suite with and
+without FMI, as wall-clock and CPU seconds.
 
 Uses the MSRS triple 00008N (DenseFuse output) from shared/reference/metrics when present,
 else a synthetic 640x480 triple. Each metric is timed alone on a fresh input (so it
@@ -22,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from moefusion.metrics import CONVENTIONS, METRICS, compute
+from moefusion.metrics import CONVENTIONS, EXTRA_METRICS, METRICS, VIFB_METRICS, compute
 from moefusion.metrics._inputs import make_triple
 from moefusion.metrics.conventions import get_convention
 
@@ -64,6 +68,10 @@ def median_seconds(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15, help="timed runs per cell (median)")
+    parser.add_argument(
+        "--extra-repeat", type=int, default=3, help="timed runs per cell of the extended table"
+    )
+    parser.add_argument("--no-extra", action="store_true", help="skip the extended table")
     args = parser.parse_args()
     ir, vi, f, source = load_triple()
     table: dict[str, dict[str, float]] = {}
@@ -93,6 +101,33 @@ def main() -> None:
         row = [f"{table[c][m]:.4f}" if m in table[c] else "—" for c in CONVENTIONS]
         name = names.get(m, m)
         print(f"| {name} | " + " | ".join(row) + " |")
+    if not args.no_extra:
+        extended(ir, vi, f, args.extra_repeat)
+
+
+def extended(ir: np.ndarray, vi: np.ndarray, f: np.ndarray, repeat: int) -> None:
+    """Wall-clock and CPU seconds of the vifb convention and the extra metrics."""
+    main_extra = ("FMI_pixel", "FMI_dct", "FMI_w", "Nabf", "MEF_MS_SSIM")
+    no_fmi = [m for m in main_extra if not m.startswith("FMI")]
+    cases: dict[str, Callable[[], object]] = {
+        f"vifb {m}": (lambda m=m: compute(ir, vi, f, "vifb", metrics=[m])) for m in VIFB_METRICS
+    }
+    cases.update({m: (lambda m=m: compute(ir, vi, f, metrics=[m])) for m in main_extra})
+    cases["**vifb** (13 metrics, one `compute()`)"] = lambda: compute(ir, vi, f, "vifb")
+    cases["**extended suite without FMI** (vifb + Nabf + MEF_MS_SSIM)"] = lambda: compute(
+        ir, vi, f, "vifb", metrics=[*VIFB_METRICS, *no_fmi]
+    )
+    cases["**extended suite** (vifb + FMI_pixel/dct/w + Nabf + MEF_MS_SSIM)"] = lambda: compute(
+        ir, vi, f, "vifb", metrics=[*VIFB_METRICS, *main_extra]
+    )
+    print(f"\nExtended suite (#39), median of {repeat} runs; extras also exist as ", end="")
+    print(", ".join(m for m in EXTRA_METRICS if m not in main_extra) + " (same cost).\n")
+    print("| metric | wall s | CPU s |")
+    print("|---|---:|---:|")
+    for name, fn in cases.items():
+        wall = median_seconds(fn, repeat)
+        cpu = median_seconds(fn, repeat, time.process_time)
+        print(f"| {name} | {wall:.4f} | {cpu:.4f} |", flush=True)
 
 
 if __name__ == "__main__":
