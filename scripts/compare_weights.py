@@ -2,12 +2,15 @@
 
     python scripts/compare_weights.py --weights A.safetensors B.safetensors [--names a b]
 
-For choosing which weights to ship: fuses the validation pairs of ``shared-data-v2`` (carved
-out of the training data) with each weights file and the five classical baselines,
-evaluates the eight paper metrics in the ``paper`` convention, and prints per dataset and
-over all validation pairs the means and, for each weights file, on how many of the eight
-metrics it is the best of all methods (each weights file ranked against the baselines
-alone, so the files do not take wins from each other), and the fusion objective of the
+For choosing which weights to ship: fuses the validation pairs of the report's split
+(``shared-data-v3``: carved out of the training data; every dataset with a validation
+part) with each weights file and the five classical baselines, evaluates the eight paper
+metrics in the ``paper`` convention, and prints per dataset and over all validation pairs
+the means, each method's **mean rank over the eight metrics among all methods there**
+(ties share the best rank; the release is chosen by it, per dataset), and for each
+weights file on how many of the eight metrics it is the best of all methods (each weights
+file ranked against the baselines alone, so the files do not take wins from each
+other), and the fusion objective of the
 `cpu` config (pixel with the max target + 10 x gradient, at the sources' resolution) of
 every method, which stays comparable when the weights were trained with another alpha or
 pixel target. Nothing here trains anything.
@@ -27,7 +30,7 @@ import torch
 from moefusion import Fuser
 from moefusion.baselines import BASELINES, fuse_baseline, to_u8
 from moefusion.data import load_pair, resolve_split, save_gray_u8, split_part_pairs
-from moefusion.evaluation import EvaluationResults, evaluate_folders, summarise
+from moefusion.evaluation import EvaluationResults, evaluate_folders, mean_ranks, summarise
 from moefusion.training.fit_report import objective
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +71,7 @@ def main() -> None:
 
     per_dataset: list[EvaluationResults] = []
     objectives: dict[str, dict[str, list[float]]] = {}
-    parts = split_part_pairs(args.data, split, args.part, report.DATASETS)
+    parts = split_part_pairs(args.data, split, args.part)
     datasets = [name for name, pairs in parts.items() if pairs]
     for name in datasets:
         pairs = parts[name]
@@ -89,13 +92,16 @@ def main() -> None:
         per_dataset.append(evaluate_folders(ir_dir, vi_dir, methods, ("paper",), progress=False))
 
     overall = report.merge(per_dataset, datasets)
-    header = "| part | pairs | method | " + " | ".join(report.TABLE1) + " | best on |"
+    header = "| part | pairs | method | " + " | ".join(report.TABLE1) + " | mean rank | best on |"
     print(f"`python scripts/compare_weights.py --weights ... --names {' '.join(names)}`, "
           f"`{args.part}` part of {report.SPLIT_NAME}, paper convention\n")  # fmt: skip
     print(header)
-    print("|" + "---|" * (len(report.TABLE1) + 4))
+    print("|" + "---|" * (len(report.TABLE1) + 5))
+    rank_of: dict[str, dict[str, float]] = {}
     for label, res in [*zip(datasets, per_dataset, strict=True), ("all", overall)]:
         means = summarise(res)["paper"].means
+        ranks = mean_ranks(means)
+        rank_of[label] = ranks
         for method in [*names, *BASELINES]:
             wins = ""
             if method in names:
@@ -103,7 +109,18 @@ def main() -> None:
                 count, _ = report.best_count(alone, method)
                 wins = f"{count} of 8"
             cells = " | ".join(f"{means[method][k]:.3f}" for k in report.TABLE1)
-            print(f"| {label} | {len(res.stems)} | {method} | {cells} | {wins} |")
+            print(
+                f"| {label} | {len(res.stems)} | {method} | {cells} "
+                f"| {ranks[method]:.2f} | {wins} |"
+            )
+
+    print("\nMean rank over the 8 paper metrics among all methods (lower is better):\n")
+    print("| method | " + " | ".join([*datasets, "all", "mean over datasets"]) + " |")
+    print("|" + "---|" * (len(datasets) + 3))
+    for method in [*names, *BASELINES]:
+        cells = [f"{rank_of[d][method]:.2f}" for d in [*datasets, "all"]]
+        cells.append(f"{np.mean([rank_of[d][method] for d in datasets]):.2f}")
+        print(f"| {method} | " + " | ".join(cells) + " |")
 
     print("\nFusion objective (max target, alpha 10; lower is better), mean per pair:\n")
     print("| method | " + " | ".join([*datasets, "all"]) + " |")

@@ -377,8 +377,9 @@ class StageConfig(Section):
     """``stages.<name>``: one stage's settings over the run config's.
 
     Attributes:
-        init_weights: a moefusion ``.safetensors`` file the stage starts from (the
-            detector stage: its attention branch replaces training when the stage is empty).
+        init_weights: a moefusion ``.safetensors`` file the stage starts from, or
+            ``bundled`` for the package's bundled weights (a fine-tune); the detector
+            stage: its attention branch replaces training when the stage is empty.
         checkpoint_every: epochs between numbered checkpoints (``last.ckpt`` every epoch).
         data, optim, trainer: keys of those sections that this stage sets differently.
     """

@@ -55,7 +55,7 @@ from moefusion.training.data import (
 from moefusion.training.fit_report import FitReport
 from moefusion.training.module import MoEFusionModule
 from moefusion.training.stages import DetectorStageModule, FusionStageModule
-from moefusion.weights import load_weights, save_weights
+from moefusion.weights import bundled_weights_path, load_weights, save_weights
 
 #: A run config as ``train`` takes it: the plain dict (saved as it is) or typed.
 Config = Mapping[str, Any] | RunConfig
@@ -248,8 +248,18 @@ def _run_trainer(
     )
 
 
+#: ``init_weights`` value that names the package's bundled weights (a fine-tune's start).
+BUNDLED_INIT = "bundled"
+
+
+def init_weights_file(value: str) -> str:
+    """The weights file an ``init_weights`` value names: a path, or :data:`BUNDLED_INIT`."""
+    return str(bundled_weights_path()) if value == BUNDLED_INIT else value
+
+
 def _load_attention_branch(model: MoEFusion, path: str | Path) -> None:
     """Copy the attention branch (backbones, FPNs, mixing, attention) of a weights file."""
+    path = init_weights_file(str(path))
     source = load_weights(path)
     if source.config.detector != model.config.detector:
         raise ConfigError(f"{path}: its detector config differs from this run's model.detector")
@@ -379,7 +389,7 @@ def train_staged(
                 _load_attention_branch(module.model, cfg.init_weights)
             elif cfg.init_weights:
                 module.model.load_inference_state_dict(
-                    load_weights(cfg.init_weights).inference_state_dict()
+                    load_weights(init_weights_file(cfg.init_weights)).inference_state_dict()
                 )
         callbacks: list[L.Callback] = []
         data: dict[str, Any]
