@@ -26,6 +26,7 @@ from moefusion.detection.bootstrap import (
 )
 from moefusion.detection.scoring import average_precision
 from moefusion.detection.table import DetectionTable, TableRow
+from moefusion.errors import MoEFusionError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -289,3 +290,66 @@ def test_cli_bootstrap(tmp_path: Path) -> None:
         ("avg", "Visible"),
     ]
     assert (out / "differences.csv").is_file()
+
+
+# ------------------------------------------------------------------- resumable training
+
+
+def test_detector_training_resumes_from_its_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    from moefusion.config import load_run_config
+    from moefusion.detection import train as train_mod
+    from test_detect_eval import TINY, _tiny_setup
+
+    train_dir, test_dir, _ = _tiny_setup(tmp_path)
+    overrides = [o for o in TINY if not o.startswith("train.max_iters")] + ["train.epochs=3"]
+    config = de.DetectConfig.from_dict(load_run_config("detect_cpu", overrides))
+    train_sel, _ = de.select_datasets(
+        [train_dir], [test_dir], classes=config.classes, split=None, class_map=None, label_set=None
+    )
+    images = de.training_images(train_sel)  # 8 images, batch 2: 4 iterations per epoch
+    ckpt = tmp_path / "resume.pt"
+    model_a, hist_a = de.train_detector(images, config, progress=False, checkpoint=ckpt)
+    assert ckpt.is_file() and len(hist_a) == 3
+    ckpt.unlink()
+
+    calls = {"n": 0}
+    real = train_mod._augment
+
+    def killed(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 8 + 3:  # in the middle of the second epoch
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_augment", killed)
+    with pytest.raises(KeyboardInterrupt):
+        de.train_detector(images, config, progress=False, checkpoint=ckpt)
+    state = torch.load(ckpt, weights_only=False)
+    assert (state["epoch"], state["batch"], state["it"]) == (1, 0, 4)
+    monkeypatch.setattr(train_mod, "_augment", real)
+    model_b, hist_b = de.train_detector(
+        images, config, progress=False, checkpoint=ckpt, resume=True
+    )
+    assert [h["epoch"] for h in hist_b] == [1, 2, 3]
+    for key in ("loss", "lr"):  # not "seconds"
+        assert [h[key] for h in hist_b] == pytest.approx([h[key] for h in hist_a], rel=1e-5)
+    for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+    # Another config refuses the checkpoint.
+    other = de.DetectConfig.from_dict(load_run_config("detect_cpu", [*overrides, "seed=5"]))
+    with pytest.raises(MoEFusionError, match="another config"):
+        de.train_detector(images, other, progress=False, checkpoint=ckpt, resume=True)
+
+
+def test_cli_refuses_a_leftover_checkpoint_without_resume(tmp_path: Path, capsys) -> None:
+    from test_detect_eval import _tiny_setup
+
+    train_dir, test_dir, _ = _tiny_setup(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "detector-resume.pt").write_bytes(b"x")
+    rc = main(
+        ["detect-eval", "--train", str(train_dir), "--test", str(test_dir), "--out", str(out)]
+    )
+    assert rc == 2
+    assert "--resume" in capsys.readouterr().err

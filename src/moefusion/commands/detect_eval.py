@@ -103,6 +103,12 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         action="store_true",
         help="replace the tables (and the detector, when training) of an earlier run in --out",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed training run in --out from its checkpoint (detector-resume.pt, "
+        "saved every 10 iterations); repeat the run's command with --resume",
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (default from config)")
     p.add_argument(
         "--bootstrap",
@@ -155,6 +161,16 @@ def check_outputs(args: argparse.Namespace, fused: dict[str, Path]) -> None:
         names += (DIFFERENCES_FILE,)
     check_targets([args.out / n for n in names], [], overwrite=args.overwrite)
     check_writable_outputs(args.out)
+    from moefusion.detection.protocol import RESUME_FILE
+
+    if args.detector is not None and args.resume:
+        raise MoEFusionError("--resume continues a training run; it does not go with --detector")
+    resume_file = args.out / RESUME_FILE
+    if args.detector is None and resume_file.is_file() and not (args.resume or args.overwrite):
+        raise MoEFusionError(
+            f"{resume_file} is the checkpoint of an unfinished training run: add --resume to "
+            "continue it, or --overwrite to start over"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         detector=args.detector,
         progress=not args.no_progress,
         bootstrap=Bootstrap(args.bootstrap, args.bootstrap_seed),
+        resume=args.resume,
     )
     print(table.to_markdown())
     print(f"tables written to {args.out}/table.md, table.csv, table.json")

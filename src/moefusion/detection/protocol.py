@@ -59,6 +59,7 @@ from moefusion.detection.train import train_detector
 from moefusion.errors import MoEFusionError
 
 __all__ = [
+    "RESUME_FILE",
     "Bootstrap",
     "Detector",
     "bootstrap_table_rows",
@@ -68,6 +69,10 @@ __all__ = [
     "train_or_load",
     "write_results",
 ]
+
+
+#: The resume checkpoint a training run keeps in its output folder until it is done.
+RESUME_FILE = "detector-resume.pt"
 
 
 @dataclass
@@ -160,11 +165,14 @@ def train_or_load(
     split_name: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> Detector:
     """Train a detector on ``train_sel`` and save it to ``out_dir``, or load ``detector``.
 
     A loaded detector must not have been trained on any of ``test_images``' pairs
-    (``info`` is its sidecar, from :func:`effective_config`).
+    (``info`` is its sidecar, from :func:`effective_config`). Training keeps a resume
+    checkpoint in ``out_dir/`` :data:`RESUME_FILE` until the detector is saved; with
+    ``resume`` an existing one is continued.
     """
     if detector is not None:
         info = info if info is not None else read_detector_info(detector)
@@ -186,7 +194,13 @@ def train_or_load(
         + ")"
     )
     start = time.perf_counter()
-    model, history = train_detector(images, config, progress=progress)
+    checkpoint = Path(out_dir) / RESUME_FILE
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    if resume and checkpoint.is_file():
+        log(f"resuming the detector training from {checkpoint}")
+    model, history = train_detector(
+        images, config, progress=progress, checkpoint=checkpoint, resume=resume
+    )
     seconds = time.perf_counter() - start
     path, _ = save_detector(
         model,
@@ -200,6 +214,7 @@ def train_or_load(
             "split": split_name,
         },
     )
+    checkpoint.unlink(missing_ok=True)
     log(f"detector saved to {path} ({seconds / 60:.1f} min)")
     return Detector(model, path, trained_here=True, train_seconds=seconds)
 
@@ -387,6 +402,7 @@ def run_detection_eval(
     progress: bool = True,
     log: Callable[[str], None] = print,
     bootstrap: Bootstrap | None = None,
+    resume: bool = False,
 ) -> DetectionTable:
     """The whole protocol: select pairs, train (or load) the detector, evaluate every row.
 
@@ -395,7 +411,8 @@ def run_detection_eval(
     classes must equal the config's ``data.classes`` and its training pairs must not be
     test pairs. ``config`` is a :class:`DetectConfig` or its dict form. With
     ``bootstrap`` (``n_resamples > 0``) every row gets a confidence interval and the table
-    the differences of :func:`bootstrap_table_rows`.
+    the differences of :func:`bootstrap_table_rows`. ``resume`` continues a killed
+    training run from its checkpoint in ``out_dir`` (:func:`train_or_load`).
     """
     t0 = time.perf_counter()
     cfg = DetectConfig.coerce(config)
@@ -424,6 +441,7 @@ def run_detection_eval(
             split_name=split_name,
             progress=progress,
             log=log,
+            resume=resume,
         )
         t_eval = time.perf_counter()
         boot = bootstrap if bootstrap is not None and bootstrap.n_resamples > 0 else None

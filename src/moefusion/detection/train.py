@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,30 @@ from moefusion.detection.images import load_gray_image, prepare_image, scale_box
 from moefusion.detection.selection import DetectionImage
 from moefusion.errors import MoEFusionError
 
-__all__ = ["train_detector"]
+__all__ = ["CHECKPOINT_EVERY", "train_detector"]
+
+#: Iterations between two saves of the resume checkpoint.
+CHECKPOINT_EVERY = 10
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    from moefusion.atomic import atomic_path
+
+    with atomic_path(path, keep_suffix=True) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, cfg: DetectConfig, n_images: int) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets one message
+        raise MoEFusionError(f"cannot read the resume checkpoint {path}: {exc}") from exc
+    if state.get("config") != cfg.to_dict() or state.get("n_images") != n_images:
+        raise MoEFusionError(
+            f"the resume checkpoint {path} was written by a run with another config or other "
+            "training images; repeat that run's command, or pass --overwrite to start over"
+        )
+    return state
 
 
 def _lr_factor(it: int, total: int, train_cfg: TrainConfig, iters_per_epoch: int) -> float:
@@ -82,8 +106,15 @@ def train_detector(
     config: DetectConfig | Mapping[str, Any],
     *,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> tuple[GeneralizedRCNN, list[dict[str, float]]]:
     """Train a detector from scratch on ``images`` (seeded by ``config.seed``).
+
+    With ``checkpoint``, the model, optimizer, random states and position are saved there
+    every :data:`CHECKPOINT_EVERY` iterations and at the end of every epoch; with
+    ``resume`` and an existing ``checkpoint`` (same config and number of images), training
+    continues from it. The caller removes the file once the detector is saved.
 
     Returns the model in eval mode and the per-epoch history
     (``{"epoch", "loss", "lr", "seconds"}``).
@@ -117,14 +148,54 @@ def train_detector(
         total = min(total, train_cfg.max_iters)
     clip = train_cfg.grad_clip
     history: list[dict[str, float]] = []
-    bar = tqdm(total=total, desc="train detector", unit="it", disable=not progress)
     it = 0
-    for epoch in range(epochs):
+    first_epoch, first_b = 0, 0
+    saved_order: list[int] | None = None
+    losses: list[float] = []
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and resume and ckpt.is_file():
+        state = _load_checkpoint(ckpt, cfg, len(cache))
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        it, history = int(state["it"]), list(state["history"])
+        first_epoch, first_b = int(state["epoch"]), int(state["batch"])
+        if first_b > 0:  # in the middle of an epoch: its order and losses so far
+            saved_order, losses = list(state["order"]), list(state["losses"])
+
+    def save(epoch: int, b: int, order: list[int], losses: list[float]) -> None:
+        if ckpt is None:
+            return
+        _save_checkpoint(
+            ckpt,
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "it": it,
+                "epoch": epoch,
+                "batch": b,
+                "order": order,
+                "losses": losses,
+                "history": history,
+                "config": cfg.to_dict(),
+                "n_images": len(cache),
+            },
+        )
+
+    bar = tqdm(total=total, initial=it, desc="train detector", unit="it", disable=not progress)
+    for epoch in range(first_epoch, epochs):
         if it >= total:
             break
-        order = torch.randperm(len(cache), generator=gen).tolist()
-        start, losses = time.perf_counter(), []
-        for b in range(per_epoch):
+        if saved_order is not None:
+            order, start_b, saved_order = saved_order, first_b, None
+        else:
+            order = torch.randperm(len(cache), generator=gen).tolist()
+            start_b, losses = 0, []
+        start = time.perf_counter()
+        for b in range(start_b, per_epoch):
             if it >= total:
                 break
             for group in opt.param_groups:
@@ -150,13 +221,16 @@ def train_detector(
             it += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
+            if it % CHECKPOINT_EVERY == 0 and b + 1 < per_epoch:
+                save(epoch, b + 1, order, losses)
         history.append(
             {
                 "epoch": epoch + 1,
-                "loss": float(np.mean(losses)),
+                "loss": float(np.mean(losses)) if losses else float("nan"),
                 "lr": float(opt.param_groups[0]["lr"]),
                 "seconds": time.perf_counter() - start,
             }
         )
+        save(epoch + 1, 0, [], [])
     bar.close()
     return model.eval(), history
