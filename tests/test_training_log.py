@@ -18,7 +18,7 @@ from PIL import Image
 from moefusion.config import load_run_config
 from moefusion.training.fit_report import finite_mean, model_fit
 
-V4 = Path(__file__).resolve().parents[1] / "src/moefusion/pretrained/moefusion-cpu-v4.safetensors"
+V4 = Path(__file__).resolve().parents[1] / "src/moefusion/pretrained/moefusion-cpu-v5.safetensors"
 NOISE = ("Mean of empty slice", "Grad strides do not match", "sync_dist")
 
 
@@ -70,7 +70,7 @@ def _tiny_data(root: Path, n: int = 4) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not V4.is_file(), reason="bundled cpu-v4 weights absent")
+@pytest.mark.skipif(not V4.is_file(), reason="bundled weights absent")
 def test_fusion_stage_under_ddp_logs_no_library_noise(tmp_path: Path) -> None:
     """One DDP process (Lightning's DDP strategy, gloo, in this process): the fusion stage
     with its fit report on channels-last convolutions."""
