@@ -42,7 +42,8 @@ def test_shipped_run_config_reads_its_learning_rates_as_numbers() -> None:
     config = load_config_file(PRETRAINED_CONFIG)
     assert config["optim"]["lr"] == pytest.approx(1e-4)
     fusion = config["stages"]["fusion"]["optim"]
-    assert fusion["lr"] == pytest.approx(1e-3) and isinstance(fusion["lr"], float)
+    # v5 is a fine-tune of v4 at 2e-4 (docs/model-card.md)
+    assert fusion["lr"] == pytest.approx(2e-4) and isinstance(fusion["lr"], float)
     assert config["schedule"] == "staged"
 
 
@@ -63,3 +64,20 @@ def test_per_mixture_settings_take_one_value_for_every_mixture() -> None:
     assert model.gate_input_norm == ("mole", "moge") and model.noisy_gating == ()
     with pytest.raises(ConfigError, match="must be a list"):
         load_run_config("cpu", ["data.datasets=true"])
+
+
+def test_finetune_config_continues_the_bundled_weights() -> None:
+    """``--config finetune``: v5's recipe, starting from ``init_weights: bundled``."""
+    from moefusion.training.config import RunConfig, stage_config
+    from moefusion.training.run import init_weights_file
+    from moefusion.weights import bundled_weights_path, load_weights
+
+    config = load_run_config("finetune")
+    fusion = RunConfig.from_dict(stage_config(config, "fusion"))
+    assert fusion.init_weights == "bundled" and fusion.trainer.max_steps == 1500
+    assert fusion.optim.alpha == pytest.approx(40.0)
+    assert RunConfig.from_dict(stage_config(config, "detect")).trainer.is_empty()
+    assert init_weights_file("bundled") == str(bundled_weights_path())
+    assert init_weights_file("mine.safetensors") == "mine.safetensors"
+    # the config's model is the bundled file's architecture, so the weights load into it
+    assert load_weights(bundled_weights_path()).config == fusion.model
