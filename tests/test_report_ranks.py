@@ -145,3 +145,14 @@ def test_peers_cover_exactly_the_report_test_pairs():
     if (DATA / "msrs_eval").is_dir():
         files = {p.stem for p in dataset_pairs(DATA / "msrs_eval")}
         assert set(peers[("msrs180", "msrs_eval")].stems) == files
+
+
+def test_table_legend_names_the_lower_is_better_metrics() -> None:
+    from moefusion.evaluation import direction_note
+
+    assert direction_note(["EN", "MSE"]) == (
+        "Higher is better for every metric except MSE (lower is better)."
+    )
+    assert "Nabf" in direction_note(["Qabf", "Nabf", "Rmse"])
+    assert "Rmse" in direction_note(["Qabf", "Nabf", "Rmse"])
+    assert direction_note(["EN", "SF"]) == "Higher is better for every metric."

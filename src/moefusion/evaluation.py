@@ -69,10 +69,15 @@ __all__ = [
 RESIZE_MODES: tuple[str, ...] = ("source", "fused")
 #: Markdown marking of the best, second and third value of each metric.
 RANK_MARKS: Mapping[int, tuple[str, str]] = {1: ("**", "**"), 2: ("_", "_"), 3: ("", "†")}
-MARKING_NOTE = (
-    "Per metric: **bold** = best, _italic_ = second, † = third among the methods. "
-    "Higher is better for every metric except MSE (lower is better)."
-)
+MARKING_NOTE = "Per metric: **bold** = best, _italic_ = second, † = third among the methods."
+
+
+def direction_note(metrics: Sequence[str]) -> str:
+    """Which of ``metrics`` are lower-is-better, for a table's legend."""
+    lower = [k for k in metrics if not HIGHER_IS_BETTER[k]]
+    if not lower:
+        return "Higher is better for every metric."
+    return f"Higher is better for every metric except {', '.join(lower)} (lower is better)."
 
 
 # ----------------------------------------------------------------------------- reading
@@ -405,7 +410,8 @@ def markdown_table(summary: Summary) -> str:
     lines = [
         f"Convention: {summary.description}",
         "",
-        f"Mean over {summary.n_images} image(s){note} {MARKING_NOTE}",
+        f"Mean over {summary.n_images} image(s){note} {MARKING_NOTE} "
+        f"{direction_note(summary.metrics)}",
         "",
         head,
         sep,
