@@ -62,12 +62,23 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_weights(_make_tiny_model(), path)
 
 
+#: Markers of tests that run only when ``-m`` names them: the browser test (a real
+#: Chromium, minutes of set-up) and the full FMI reference check (168 values, about
+#: 10 CPU minutes; a verified subset runs by default).
+OPT_IN_MARKERS = {
+    "browser": "browser test: run it with -m browser (see docs/demo.md)",
+    "fmi_full": "full FMI reference check: run it with -m fmi_full (docs/metrics.md)",
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``browser`` (a real Chromium, minutes of set-up) run only when the
-    marker expression asks for them: ``python -m pytest -m browser ...``."""
-    if "browser" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="browser test: run it with -m browser (see docs/demo.md)")
-    for item in items:
-        if "browser" in item.keywords:
-            item.add_marker(skip)
+    """Tests with an :data:`OPT_IN_MARKERS` marker run only when the marker expression
+    asks for them: ``python -m pytest -m browser ...``."""
+    expr = config.getoption("markexpr") or ""
+    for marker, reason in OPT_IN_MARKERS.items():
+        if marker in expr:
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)

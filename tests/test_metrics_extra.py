@@ -101,9 +101,29 @@ def test_nabf_and_mef_ms_ssim(index: int) -> None:
     _assert_close(index, got, want)
 
 
-@pytest.mark.slow  # FMI_dct / FMI_w: about 5 s of CPU per feature and 640x480 image
+#: FMI cases checked by default: the DCT and wavelet features cost about 5 s of CPU per
+#: feature and 640x480 image, so the default run checks every case's pixel feature and
+#: one case's all six values; ``-m fmi_full`` checks all 168 values.
+FMI_DEFAULT_CASES = (0,)
+
+
 @pytest.mark.parametrize("index", range(len(CASES)), ids=CASE_IDS)
+def test_fmi_pixel(index: int) -> None:
+    want = {k: v for k, v in CASES[index]["fmi"].items() if k.startswith("FMI_pixel")}
+    got = compute(*_images(index), convention="float", metrics=list(want))
+    _assert_close(index, got, want)
+
+
+@pytest.mark.parametrize("index", FMI_DEFAULT_CASES, ids=[CASE_IDS[i] for i in FMI_DEFAULT_CASES])
 def test_fmi(index: int) -> None:
+    want = CASES[index]["fmi"]
+    got = compute(*_images(index), convention="float", metrics=list(want))
+    _assert_close(index, got, want)
+
+
+@pytest.mark.fmi_full
+@pytest.mark.parametrize("index", range(len(CASES)), ids=CASE_IDS)
+def test_fmi_full(index: int) -> None:
     want = CASES[index]["fmi"]
     got = compute(*_images(index), convention="float", metrics=list(want))
     _assert_close(index, got, want)
