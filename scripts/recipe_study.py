@@ -73,6 +73,34 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         "paper widths (growth 16, decoders 64/32/16)",
         ["model.encoder_growth=16", "model.decoder_channels=[64, 32, 16]"],
     ),
+    # capacity at a fixed wall time (issue 37): three widths, fp32 and bf16 autocast
+    "cap-cpu": ("`cpu` widths (growth 8, decoders 16/16/8), fp32", []),
+    "cap-cpu-bf16": ("`cpu` widths, bf16 autocast", ["trainer.precision=bf16-mixed"]),
+    "cap-dec64": (
+        "MoGE decoders 64/32/16 (growth 8), fp32",
+        ["model.decoder_channels=[64, 32, 16]"],
+    ),
+    "cap-dec64-bf16": (
+        "MoGE decoders 64/32/16 (growth 8), bf16 autocast",
+        ["model.decoder_channels=[64, 32, 16]", "trainer.precision=bf16-mixed"],
+    ),
+    "cap-paper": (
+        "paper widths (growth 16, decoders 64/32/16), fp32",
+        ["model.encoder_growth=16", "model.decoder_channels=[64, 32, 16]"],
+    ),
+    "cap-paper-bf16": (
+        "paper widths, bf16 autocast",
+        [
+            "model.encoder_growth=16",
+            "model.decoder_channels=[64, 32, 16]",
+            "trainer.precision=bf16-mixed",
+        ],
+    ),
+    # a sharper gradient target (SF and AG are where the published networks lead)
+    "sharp1.5": (
+        "`cpu` widths, gradient target 1.5 x max source gradient",
+        ["optim.grad_target_scale=1.5"],
+    ),
 }
 
 KEYS = (

@@ -41,6 +41,26 @@ def test_gradient_loss_max_target() -> None:
     assert gradient_loss(DELTA, DELTA, torch.zeros_like(fused)).item() == pytest.approx(0.0)
 
 
+def test_gradient_loss_target_scale() -> None:
+    fused = torch.zeros(1, 1, 3, 3)
+    # target = 1.5 * S(delta): mean |0 - 1.5 * S| = 1.5 * 16 / 9
+    loss = gradient_loss(fused, torch.zeros_like(fused), DELTA, target_scale=1.5)
+    assert loss.item() == pytest.approx(1.5 * 16 / 9)
+    # the source itself is no longer a perfect match: |S - 1.5 S| = 0.5 S
+    assert gradient_loss(DELTA, DELTA, fused, target_scale=1.5).item() == pytest.approx(8 / 9)
+    total = fusion_loss(DELTA, DELTA, fused, None, 0.0, alpha=2.0, grad_target_scale=1.5)
+    assert total["grad"].item() == pytest.approx(8 / 9)
+
+
+def test_grad_target_scale_must_be_positive() -> None:
+    from moefusion.errors import ConfigError
+    from moefusion.training.config import OptimConfig
+
+    assert OptimConfig(grad_target_scale=1.25).grad_target_scale == 1.25
+    with pytest.raises(ConfigError, match="grad_target_scale"):
+        OptimConfig(grad_target_scale=0)
+
+
 def test_gradient_loss_valid_mask_erodes_padding() -> None:
     fused = torch.zeros(1, 1, 3, 3)
     valid = torch.tensor([[True, True, False]] * 3).view(1, 1, 3, 3)

@@ -54,8 +54,17 @@ def sobel_magnitude(x: Tensor) -> Tensor:
     return grads.abs().sum(dim=1, keepdim=True)
 
 
-def gradient_loss(fused: Tensor, ir: Tensor, vi: Tensor, valid: Tensor | None = None) -> Tensor:
-    """Mean ``|S(F) - max(S(vi), S(ir))|`` with ``S`` = :func:`sobel_magnitude`.
+def gradient_loss(
+    fused: Tensor,
+    ir: Tensor,
+    vi: Tensor,
+    valid: Tensor | None = None,
+    target_scale: float = 1.0,
+) -> Tensor:
+    """Mean ``|S(F) - s * max(S(vi), S(ir))|`` with ``S`` = :func:`sobel_magnitude`.
+
+    ``s`` = ``target_scale`` (the paper: 1); above 1 the target is sharper than either
+    source (a deviation tried for SF and AG, docs/training.md).
 
     With ``valid``, pixels whose 3x3 Sobel stencil reaches an invalid (padding) pixel
     are also excluded, so padding never creates gradients to match.
@@ -64,6 +73,8 @@ def gradient_loss(fused: Tensor, ir: Tensor, vi: Tensor, valid: Tensor | None = 
         ``fused, ir, vi [B, 1, H, W]``, ``valid [B, 1, H, W] bool | None`` -> scalar.
     """
     target = torch.maximum(sobel_magnitude(vi), sobel_magnitude(ir))
+    if target_scale != 1.0:
+        target = target * target_scale
     diff = (sobel_magnitude(fused) - target).abs()
     weight = _valid_float(valid, fused)
     if weight is not None:
@@ -147,17 +158,19 @@ def fusion_loss(
     load_loss: Tensor | float,
     alpha: float = 10.0,
     valid: Tensor | None = None,
+    grad_target_scale: float = 1.0,
 ) -> dict[str, Tensor]:
     """Paper eq. 5: ``L_fusion = L_pixel + alpha * L_grad + L_load``.
 
     Args:
         load_loss: the already weighted load-balancing loss (``FusionOutput.load_loss``).
         alpha: gradient-loss weight (paper: 10).
+        grad_target_scale: factor on the gradient target (:func:`gradient_loss`; paper 1).
 
     Returns:
         ``{"total", "pixel", "grad", "load"}`` scalars; ``grad`` is unweighted.
     """
     pixel = pixel_loss(fused, ir, vi, boxes, valid)
-    grad = gradient_loss(fused, ir, vi, valid)
+    grad = gradient_loss(fused, ir, vi, valid, target_scale=grad_target_scale)
     load = torch.as_tensor(load_loss, dtype=fused.dtype, device=fused.device)
     return {"total": pixel + alpha * grad + load, "pixel": pixel, "grad": grad, "load": load}

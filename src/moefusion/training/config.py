@@ -247,6 +247,9 @@ class OptimConfig(Section):
         step_milestones: fusion stage, ``schedule: step``: milestones in steps.
         pixel_target: fusion stage pixel loss: ``boxes`` (the release's) or ``max``.
         alpha_warmup_steps: fusion stage: ``alpha`` ramps up from 0 over these steps.
+        grad_target_scale: the gradient loss's target is this times the larger source
+            gradient (1: the paper's ``max``; above 1 asks for sharper edges than either
+            source, docs/training.md "Capacity at a fixed wall time").
     """
 
     WHERE: ClassVar[str] = "optim"
@@ -263,6 +266,7 @@ class OptimConfig(Section):
     step_milestones: tuple[int, ...] = ()
     pixel_target: str = "boxes"
     alpha_warmup_steps: int = 0
+    grad_target_scale: float = 1.0
 
     @classmethod
     def nullable(cls, name: str) -> bool:
@@ -284,6 +288,11 @@ class OptimConfig(Section):
         self.alpha_warmup_steps = as_int(
             self.alpha_warmup_steps, "optim.alpha_warmup_steps", minimum=0
         )
+        self.grad_target_scale = as_float(
+            self.grad_target_scale, "optim.grad_target_scale", minimum=0.0
+        )
+        if self.grad_target_scale <= 0:
+            fail(f"optim.grad_target_scale must be > 0, got {self.grad_target_scale}")
 
 
 # ---------------------------------------------------------------------------- trainer

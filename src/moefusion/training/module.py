@@ -140,6 +140,7 @@ class MoEFusionModule(RunModule):
             out.load_loss,
             alpha=self.alpha,
             valid=batch["valid"],
+            grad_target_scale=self.config.optim.grad_target_scale,
         )
         det = sum(out.det_losses.values(), torch.zeros((), device=out.fused.device))
         total = losses["total"] + det

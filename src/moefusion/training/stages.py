@@ -153,6 +153,7 @@ class FusionStageModule(RunModule):
             out.load_loss,
             alpha=self.current_alpha(),
             valid=batch["valid"],
+            grad_target_scale=self.config.optim.grad_target_scale,
         )
         bsz = batch["ir"].shape[0]
         self.log("loss/fusion", losses["total"], prog_bar=True, batch_size=bsz)
