@@ -106,6 +106,7 @@ def tiny_staged_config(*overrides: str) -> dict:
             "stages.fusion.optim.schedule=constant",
             "stages.fusion.optim.warmup_steps=0",
             "stages.fusion.checkpoint_every=1",
+            "stages.refine.trainer.max_steps=0",
             *overrides,
         ],
     )
@@ -134,7 +135,8 @@ def test_staged_run_trains_each_stage_and_resumes_exactly(
         done = json.loads((straight / stage / "done.json").read_text())
         assert done["global_step"] == (2 if stage == "stage1-detect" else 4)
         assert (straight / stage / "checkpoints" / "last.ckpt").is_file()
-    assert not (straight / "stage3-joint").exists()  # 0 epochs: skipped
+    assert not (straight / "stage3-refine").exists()  # 0 steps: skipped
+    assert not (straight / "stage4-joint").exists()  # 0 epochs: skipped
 
     # stage 2 never changes the detectors, and does change the fusion branch
     def state(path: Path) -> dict[str, torch.Tensor]:
@@ -162,6 +164,58 @@ def test_staged_run_trains_each_stage_and_resumes_exactly(
     b = load_weights(resumed / "moefusion.safetensors").state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@needs_shared
+def test_refine_stage_continues_the_fusion_stage_with_its_own_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moefusion.training.run import parameter_digest
+
+    seen: list[tuple[str, str, str, float]] = []
+
+    def record(when: str):
+        def hook(self) -> None:
+            seen.append((self.config.stage, when, parameter_digest(self.model.fusion), self.alpha))
+
+        return hook
+
+    monkeypatch.setattr(FusionStageModule, "on_train_start", record("start"), raising=False)
+    monkeypatch.setattr(FusionStageModule, "on_train_end", record("end"), raising=False)
+    config = tiny_staged_config(
+        "stages.fusion.trainer={max_epochs: null, max_steps: 2, max_time: null}",
+        "stages.refine.data={crop: 48, batch_size: 2, repeat: 1}",
+        "stages.refine.optim.warmup_steps=0",
+        "stages.refine.trainer={max_epochs: null, max_steps: 3, max_time: null}",
+    )
+    out = train(config, tmp_path / "run", progress=False)
+    assert [(stage, when) for stage, when, _, _ in seen] == [
+        ("fusion", "start"),
+        ("fusion", "end"),
+        ("refine", "start"),
+        ("refine", "end"),
+    ]
+    # refine starts from fusion's last weights, trains them, at its own alpha (cpu: 40)
+    assert seen[2][2] == seen[1][2] and seen[3][2] != seen[2][2]
+    assert seen[1][3] == 20.0 and seen[2][3] == 40.0
+    done = json.loads((out / "stage3-refine" / "done.json").read_text())
+    assert done["stage"] == "refine" and done["global_step"] == 3
+    stages = [json.loads(x)["stage"] for x in (out / "fit_report.jsonl").read_text().splitlines()]
+    assert stages[0] == "fusion" and stages[-1] == "refine"
+    # the exported weights are the refine stage's
+    exported = load_weights(out / "moefusion.safetensors").state_dict()
+    ckpt = torch.load(out / "stage3-refine" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert all(torch.equal(v, ckpt["state_dict"][f"model.{k}"]) for k, v in exported.items())
+
+
+def test_refine_stage_is_off_unless_a_config_sets_it() -> None:
+    finetune = load_run_config("finetune")  # no refine section
+    assert "refine" not in finetune["stages"]
+    assert stage_is_empty(stage_config(finetune, "refine"))
+    refine = stage_config(load_run_config("cpu"), "refine")
+    assert not stage_is_empty(refine)
+    assert refine["optim"]["alpha"] == 40.0 and refine["trainer"]["max_steps"] == 1500
 
 
 @pytest.mark.slow

@@ -88,6 +88,7 @@ def test_fusion_stage_under_ddp_logs_no_library_noise(tmp_path: Path) -> None:
             f"stages.detect.init_weights={V4}",
             "stages.detect.trainer.max_epochs=0",
             "stages.fusion.trainer={max_epochs: 1, max_steps: null, max_time: null}",
+            "stages.refine.trainer.max_steps=0",
             "stages.fusion.data={crop: 32, batch_size: 2, repeat: 1}",
             "stages.fusion.optim.schedule=constant",
             "stages.fusion.optim.warmup_steps=0",

@@ -142,6 +142,12 @@ def auto_split(datasets: Sequence[Path], path: Path, seed: int = 0) -> Path:
     return path
 
 
+def _has_stage(config: str, stage: str) -> bool:
+    """Whether the config file sets ``stages.<stage>`` (overrides need an existing key)."""
+    stages = load_run_config(config).get("stages")
+    return isinstance(stages, dict) and isinstance(stages.get(stage), dict)
+
+
 def base_overrides(settings: StudySettings, out: Path) -> list[str]:
     """Overrides every run gets: fusion stage only, from ``settings.weights``, at the
     paper's alpha 10 and top-K for every mixture (the variants set their own)."""
@@ -152,6 +158,8 @@ def base_overrides(settings: StudySettings, out: Path) -> list[str]:
         "stages.detect.trainer.max_steps=null",
         f"stages.detect.init_weights={Path(settings.weights).resolve()}",
         "stages.joint.trainer.max_epochs=0",
+        # the variants differ in the fusion stage alone (a config's refine stage is off)
+        *(["stages.refine.trainer.max_steps=0"] if _has_stage(settings.config, "refine") else []),
         "stages.fusion.checkpoint_every=1",
         # the paper's studies vary around its alpha 10 (the `cpu` config trains with 20)
         "optim.alpha=10.0",

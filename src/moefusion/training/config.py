@@ -47,6 +47,7 @@ __all__ = [
     "PIXEL_TARGETS",
     "SCHEDULES",
     "SPLIT_PARTS",
+    "FUSION_STAGES",
     "STAGES",
     "DataConfig",
     "DatasetEntry",
@@ -59,7 +60,10 @@ __all__ = [
 ]
 
 #: Stages of a staged run, in order (:mod:`moefusion.training.stages`).
-STAGES: tuple[str, ...] = ("detect", "fusion", "joint")
+STAGES: tuple[str, ...] = ("detect", "fusion", "refine", "joint")
+#: Fusion-branch stages (:class:`~moefusion.training.stages.FusionStageModule` on cached
+#: attention maps): ``refine`` continues ``fusion``'s weights with its own settings.
+FUSION_STAGES: tuple[str, ...] = ("fusion", "refine")
 #: ``schedule``: end to end (the paper) or stage by stage.
 SCHEDULES: tuple[str, ...] = ("joint", "staged")
 #: ``optim.schedule`` of the fusion stage (per-step learning rate).
@@ -435,6 +439,8 @@ class StagesConfig(Section):
 
     detect: StageConfig = field(default_factory=StageConfig)
     fusion: StageConfig = field(default_factory=StageConfig)
+    # off unless a config sets it (older configs have no refine stage)
+    refine: StageConfig = field(default_factory=lambda: StageConfig(trainer={"max_steps": 0}))
     joint: StageConfig = field(default_factory=StageConfig)
 
     @classmethod

@@ -102,8 +102,13 @@ def batch_pixels(data: Mapping[str, Any]) -> int:
 
 
 def estimate_step(model: MoEFusion, stage: str, data: Mapping[str, Any]) -> StepEstimate:
-    """Estimated memory of one step of ``stage`` (``detect``, ``fusion`` or ``joint``)."""
-    parts = {"detect": ("attention",), "fusion": ("fusion",), "joint": ("attention", "fusion")}
+    """Estimated memory of one step of ``stage`` (``detect``, ``fusion``, ``refine`` or ``joint``)."""
+    parts = {
+        "detect": ("attention",),
+        "fusion": ("fusion",),
+        "refine": ("fusion",),
+        "joint": ("attention", "fusion"),
+    }
     per_pixel = sum(activations_per_pixel(model, p) * BACKWARD_FACTOR[p] for p in parts[stage])
     modules = [getattr(model, p) for p in parts[stage]]
     params = sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)

@@ -43,7 +43,7 @@ from moefusion.models import MoEFusion
 from moefusion.runtime import flush_denormals
 from moefusion.training.cache import CachedPairs, build_cache
 from moefusion.training.checkpoint_io import AtomicCheckpointIO
-from moefusion.training.config import STAGES, RunConfig, stage_config
+from moefusion.training.config import FUSION_STAGES, STAGES, RunConfig, stage_config
 from moefusion.training.data import (
     SetupLoader,
     build_random_transform,
@@ -327,7 +327,7 @@ def train_staged(
     resume: str | Path | None = None,
     progress: bool = True,
 ) -> Path:
-    """Run the ``detect``, ``fusion`` and ``joint`` stages in ``<out>/stage<i>-<name>/``.
+    """Run the ``detect``, ``fusion``, ``refine`` and ``joint`` stages in ``<out>/stage<i>-<name>/``.
 
     ``resume="auto"`` skips finished stages (``done.json``) and continues the first
     unfinished one from its ``last.ckpt`` (exactly, as for joint runs). A stage that
@@ -375,6 +375,7 @@ def train_staged(
         module_cls = {
             "detect": DetectorStageModule,
             "fusion": FusionStageModule,
+            "refine": FusionStageModule,
             "joint": MoEFusionModule,
         }[name]
         module = module_cls(plain)
@@ -396,13 +397,13 @@ def train_staged(
         if name == "detect":
             loader = loader_for(labelled_subset(build_train_dataset(cfg.data)), cfg.data, seed)
             data = {"train_dataloaders": loader}
-        elif name == "fusion":
+        elif name in FUSION_STAGES:
             data = {
                 "datamodule": SetupLoader(functools.partial(_fusion_loader, cfg, seed, progress))
             }
         else:
             data = {"train_dataloaders": build_train_loader(cfg.data, seed)}
-        if name in ("fusion", "joint"):
+        if name in (*FUSION_STAGES, "joint"):
             val = _val_dataset(cfg)
             if val is not None:
                 callbacks.append(

@@ -9,7 +9,10 @@ only share the time of each step. Staged training uses that:
 2. ``fusion``: detectors frozen; each training pair's attention map is computed once
    (:mod:`moefusion.training.cache`) and the fusion branch trains at fusion-only speed
    on random crops of pairs, maps and boxes.
-3. ``joint`` (optional, 0 epochs by default): the end-to-end module of the paper.
+3. ``refine`` (optional, off unless the config sets it): the fusion stage again, from
+   ``fusion``'s weights, with its own settings (the ``cpu`` config: the fine-tune that
+   made ``moefusion-cpu-v5``, a higher gradient weight at a lower learning rate).
+4. ``joint`` (optional, 0 epochs by default): the end-to-end module of the paper.
 
 Each stage is a Lightning run of its own in ``<out>/stage<i>-<name>/`` (checkpoints,
 logs, ``done.json`` when finished); a stage starts from the previous stage's weights.
@@ -29,6 +32,7 @@ import torch
 from moefusion.errors import ConfigError
 from moefusion.losses import fusion_loss
 from moefusion.training.config import (
+    FUSION_STAGES,
     LR_SCHEDULES,
     PIXEL_TARGETS,
     SCHEDULES,
@@ -39,6 +43,7 @@ from moefusion.training.config import (
 from moefusion.training.module import RunModule, adam_with_epoch_steps, batch_targets
 
 __all__ = [
+    "FUSION_STAGES",
     "LR_SCHEDULES",
     "PIXEL_TARGETS",
     "SCHEDULES",
