@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -19,7 +19,14 @@ from moefusion.errors import MoEFusionError
 if TYPE_CHECKING:
     from moefusion.data.io import LoadedPair
 
-__all__ = ["DEFAULT_COLUMNS", "MAX_ROWS", "FigureRow", "save_pair_figure", "thumbnail"]
+__all__ = [
+    "DEFAULT_COLUMNS",
+    "MAX_ROWS",
+    "FigureRow",
+    "save_pair_figure",
+    "thumbnail",
+    "write_figure",
+]
 
 #: Column titles of :func:`save_pair_figure`.
 DEFAULT_COLUMNS: tuple[str, ...] = ("infrared", "visible", "fused", "fused (colour)")
@@ -60,6 +67,41 @@ class FigureRow:
             fused=small_fused,
             fused_color=colorize(small_fused, small_rgb),
         )
+
+
+def write_figure(fig: Any, path: str | Path, *, dpi: int = 100, pad: float | None = None) -> Path:
+    """Lay out ``fig`` tightly, write it to ``path`` atomically and release it.
+
+    The format follows ``path``'s extension (a temporary file with the same extension is
+    renamed onto ``path`` when complete, so a failure never leaves a half-written or
+    replaced file); a pyplot figure is closed afterwards, an Agg ``Figure`` simply
+    dropped.
+
+    Raises:
+        MoEFusionError: the file cannot be written (one line, naming the path).
+    """
+    from moefusion.atomic import atomic_path
+
+    path = Path(path)
+    if not hasattr(fig.canvas, "get_renderer"):  # a bare Figure(): draw with Agg
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)
+    try:
+        if pad is None:
+            fig.tight_layout()
+        else:
+            fig.tight_layout(pad=pad)
+        with atomic_path(path, keep_suffix=True) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    except (OSError, ValueError) as exc:
+        raise MoEFusionError(f"cannot save figure {path}: {exc}") from exc
+    finally:
+        if getattr(fig.canvas, "manager", None) is not None:  # made by pyplot: release it
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+    return path
 
 
 def thumbnail(image: np.ndarray, max_side: int = 480) -> np.ndarray:
@@ -128,15 +170,4 @@ def save_pair_figure(
                 ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
             else:
                 ax.imshow(image, interpolation="nearest")
-    fig.tight_layout(pad=0.3)
-    from moefusion.atomic import atomic_path
-
-    path = Path(path)
-    try:
-        # a temporary name with the same extension (savefig picks the format from it),
-        # renamed onto ``path`` when complete
-        with atomic_path(path, keep_suffix=True) as tmp:
-            fig.savefig(tmp, dpi=dpi)
-    except (OSError, ValueError) as exc:
-        raise MoEFusionError(f"cannot save figure {path}: {exc}") from exc
-    return path
+    return write_figure(fig, path, dpi=dpi, pad=0.3)

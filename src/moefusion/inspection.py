@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from moefusion.atomic import atomic_path, atomic_write_text
+from moefusion.atomic import atomic_write_text
 from moefusion.errors import PairError
+from moefusion.figures import write_figure
 from moefusion.models import MoEFusion
 from moefusion.models.experts import ExpertMixture
 from moefusion.models.moge import MixtureOfGlobalExperts
@@ -148,13 +149,7 @@ def _figure(rows: int, cols: int, width: float, height: float) -> tuple[Any, Any
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    fig.tight_layout()
-    with atomic_path(path, keep_suffix=True) as tmp:
-        fig.savefig(tmp, dpi=100)
-    return path
+    return write_figure(fig, path, dpi=100)
 
 
 def _panel_size(image: np.ndarray) -> tuple[float, float]:

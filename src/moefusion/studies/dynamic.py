@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from moefusion.errors import MoEFusionError
+from moefusion.figures import write_figure
 
 if TYPE_CHECKING:
     from moefusion.data import Pair
@@ -713,8 +714,6 @@ def save_figure(m: Measurements, groups: Sequence[str], path: Path, title: str =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from moefusion.atomic import atomic_path
-
     colors = ("tab:orange", "tab:blue")
     mixtures = list(m.gates)
     n_methods = len(m.methods())
@@ -780,11 +779,7 @@ def save_figure(m: Measurements, groups: Sequence[str], path: Path, title: str =
             ax.set_ylabel("mean gate weight (IQR)")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path, keep_suffix=True) as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path, dpi=80)
 
 
 def write_outputs(

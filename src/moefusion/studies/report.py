@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moefusion.atomic import atomic_path, atomic_write_text
+from moefusion.atomic import atomic_write_text
+from moefusion.figures import write_figure
 from moefusion.studies.definitions import PAPER_METRICS, Claim, Study
 from moefusion.studies.runner import RunResult
 
@@ -199,11 +200,7 @@ def save_figure(study: Study, scores: Mapping[str, Score], path: Path) -> Path |
             ax.set_xlabel(study.x_label, fontsize=8)
         ax.set_title(metric)
     fig.suptitle(f"{study.title}: held-out mean per metric (red: the paper's choice)")
-    fig.tight_layout()
-    with atomic_path(path, keep_suffix=True) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path, dpi=90)
 
 
 def write_report(
