@@ -273,13 +273,19 @@ def _training_summary(meta: dict[str, str]) -> str:
 
 
 def digest(paths: Iterable[Path]) -> str:
-    """Short sha256 of the files (folders: their ``*.py`` files, recursively), by content."""
+    """Short sha256 of the files (folders: their ``*.py`` files, recursively), by content.
+
+    A file counts by its bytes alone (a renamed but identical weights file keeps its
+    cache); a folder's files also by their path inside it (a moved module is a change).
+    """
     h = hashlib.sha256()
     for path in paths:
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for f in files:
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
+        if path.is_dir():
+            for f in sorted(path.rglob("*.py")):
+                h.update(f.relative_to(path).as_posix().encode())
+                h.update(f.read_bytes())
+        else:
+            h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 

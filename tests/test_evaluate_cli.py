@@ -119,23 +119,7 @@ def test_cli_writes_tables(
     folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "results"
-    argv = [
-        "evaluate",
-        "--ir",
-        str(folders["ir"]),
-        "--vi",
-        str(folders["vi"]),
-        "--fused",
-        f"avg={folders['avg']}",
-        "--fused",
-        str(folders["copy"]),
-        "--convention",
-        "cddfuse",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
-    assert main(argv) == 0
+    assert main(_argv(folders, out, "--convention", "cddfuse")) == 0
     printed = capsys.readouterr().out
     assert CONVENTION_DESCRIPTIONS["cddfuse"] in printed and "| copy |" in printed
     names = sorted(p.name for p in out.iterdir())

@@ -156,3 +156,26 @@ def test_table_legend_names_the_lower_is_better_metrics() -> None:
     assert "Nabf" in direction_note(["Qabf", "Nabf", "Rmse"])
     assert "Rmse" in direction_note(["Qabf", "Nabf", "Rmse"])
     assert direction_note(["EN", "SF"]) == "Higher is better for every metric."
+
+
+def test_report_cache_key_follows_content_not_file_names(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_report", ROOT / "scripts" / "make_report.py"
+    )
+    assert spec is not None and spec.loader is not None
+    make_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_report)
+    a, b = tmp_path / "v5.safetensors", tmp_path / "renamed.safetensors"
+    a.write_bytes(b"weights")
+    b.write_bytes(b"weights")
+    assert make_report.digest([a]) == make_report.digest([b])  # a rename is no change
+    b.write_bytes(b"weights2")
+    assert make_report.digest([a]) != make_report.digest([b])
+    code = tmp_path / "pkg"
+    (code / "sub").mkdir(parents=True)
+    (code / "sub" / "m.py").write_text("x = 1\n")
+    before = make_report.digest([code])
+    (code / "sub" / "m.py").rename(code / "n.py")  # a moved module is a change
+    assert make_report.digest([code]) != before
