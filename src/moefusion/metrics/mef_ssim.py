@@ -34,11 +34,14 @@ def _gauss_1d() -> np.ndarray:
 
 
 def _box_valid(x: np.ndarray) -> np.ndarray:
-    """Exact 'valid' 11x11 box sums of an int64 image (integral image)."""
-    c = np.zeros((x.shape[0] + 1, x.shape[1] + 1), np.int64)
-    np.cumsum(np.cumsum(x, 0), 1, out=c[1:, 1:])
-    w = _WIN
-    return c[w:, w:] - c[:-w, w:] - c[w:, :-w] + c[:-w, :-w]
+    """Exact 'valid' 11x11 box sums of a float64 image of integers.
+
+    OpenCV's running sums add and subtract integers below 2^53 here (at most
+    121 * (255 * 16)^2), so every partial sum, and the result, is exact in any order.
+    """
+    y = cv2.boxFilter(x, cv2.CV_64F, (_WIN, _WIN), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    r = _WIN // 2
+    return y[r : y.shape[0] - r, r : y.shape[1] - r]
 
 
 def _gauss_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -51,16 +54,17 @@ def _mef_ssim(seq: tuple[np.ndarray, np.ndarray], fused: np.ndarray, unit: int) 
     """Q of ``mef_ssim(imgSeq, fI)`` for two sources; images are float64 holding
     multiples of 1/unit (``unit * x`` are exact integers)."""
     n = _WIN * _WIN
-    ints = [np.rint(x * unit).astype(np.int64) for x in (*seq, fused)]
-    # Exact box sums (scaled by unit, unit^2): S1_k, S2_k, S12 of the sources.
+    ints = [np.rint(x * unit) for x in (*seq, fused)]
+    # Exact box sums (scaled by unit, unit^2): S1_k, S2_k, S12 of the sources; the
+    # integers below stay under 2^53, so float64 holds them exactly.
     s1 = [_box_valid(v) for v in ints[:2]]
     s2 = [_box_valid(v * v) for v in ints[:2]]
     s12 = _box_valid(ints[0] * ints[1])
     u2 = float(unit) * unit
-    mu = [s.astype(np.float64) / (n * unit) for s in s1]
+    mu = [s / (n * unit) for s in s1]
     # Sum over the window of (x - mu)^2, exactly (n * S2 - S1^2) / n, and the covariance.
-    css = [(n * b - a * a).astype(np.float64) / (n * u2) for a, b in zip(s1, s2, strict=True)]
-    c12 = (n * s12 - s1[0] * s1[1]).astype(np.float64) / (n * u2)
+    css = [(n * b - a * a) / (n * u2) for a, b in zip(s1, s2, strict=True)]
+    c12 = (n * s12 - s1[0] * s1[1]) / (n * u2)
     # ed = sqrt(max(n * sigma^2, 0)) + 0.001 with sigma^2 of the uniform window.
     ed = [np.sqrt(np.maximum(c, 0)) + 0.001 for c in css]
     # R = (||sum_k (x_k - mean)|| + eps) / (sum_k ||x_k - mu_k|| + eps).
@@ -84,7 +88,7 @@ def _mef_ssim(seq: tuple[np.ndarray, np.ndarray], fused: np.ndarray, unit: int) 
     # Gaussian-weighted window sums, on images shifted by 128 (less cancellation).
     g = _gauss_1d()
     gsum = float(np.outer(g, g).sum())
-    x = [v.astype(np.float64) / unit - 128 for v in ints]
+    x = [v / unit - 128 for v in ints]
     mu_s = [m - 128 for m in mu]
     gx = [_gauss_valid(v, g) for v in x]
     gxx = [_gauss_valid(x[i] * x[j], g) for i, j in ((0, 0), (1, 1), (0, 1))]
