@@ -55,12 +55,16 @@ def entropy(fused: np.ndarray) -> float:
 
 
 def _rebin(x: np.ndarray) -> np.ndarray:
-    """VIFB mutinf's re-binning: min-max to [0, 1], then ``double(int16(x*255)) + 1``."""
-    a = x.astype(np.float64)
-    lo, hi = a.min(), a.max()
+    """VIFB mutinf's re-binning: min-max to [0, 1], then ``double(int16(x*255)) + 1``.
+
+    Evaluated once per grey level (a 256-entry table), with the same float arithmetic."""
+    lo, hi = float(x.min()), float(x.max())
+    table = x.dtype == np.uint8
+    a = np.arange(256, dtype=np.float64) if table else x.astype(np.float64)
     a = (a - lo) / (hi - lo) if hi != lo else np.zeros_like(a)
     # int16() rounds half away from zero; values are >= 0 here.
-    return np.floor(a * 255 + 0.5).astype(np.int64)  # 0-based bin (the +1 of MATLAB)
+    b = np.floor(a * 255 + 0.5).astype(np.int64)  # 0-based bin (the +1 of MATLAB)
+    return b[x] if table else b
 
 
 def _mi_nats(a: np.ndarray, b: np.ndarray) -> float:
@@ -215,14 +219,16 @@ def ssim(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
 
 
 def _normalize1(x: np.ndarray) -> np.ndarray:
-    """Z. Liu's ``normalize1``: min-max to 0..255 and ``round`` (half away from zero)."""
-    d = x.astype(np.float64)
-    hi, lo = d.max(), d.min()
+    """Z. Liu's ``normalize1`` of a uint8 image: min-max to 0..255 and ``round`` (half away
+    from zero). Evaluated once per grey level (a 256-entry table), same float arithmetic."""
+    hi, lo = float(x.max()), float(x.min())
     if hi == 0 and lo == 0:
-        return d
+        return x.astype(np.float64)
+    table = x.dtype == np.uint8
+    d = np.arange(256, dtype=np.float64) if table else x.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        v = (d - lo) / (hi - lo) * 255
-    return np.floor(v + 0.5)  # v >= 0 (or NaN for a constant non-zero image)
+        v = np.floor((d - lo) / (hi - lo) * 255 + 0.5)  # v >= 0 (NaN: constant non-zero image)
+    return v[x] if table else v
 
 
 def _freq_radius(shape: tuple[int, int], div: float) -> np.ndarray:
@@ -268,6 +274,7 @@ class LiuInputs:
     their real 2-D spectra (computed once, on first use)."""
 
     def __init__(self, vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> None:
+        """vi, ir, fused: (H, W) uint8."""
         self.images = tuple(_normalize1(x) for x in (vi, ir, fused))
         self._spectra: tuple[np.ndarray, ...] | None = None
 
