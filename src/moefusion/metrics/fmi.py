@@ -31,8 +31,9 @@ import scipy.fft
 
 from moefusion.metrics._dmey import DMEY_MATLAB
 
-#: Windows per chunk: its (9, n) float64 temporaries (about 50 kB each) stay in cache.
-CHUNK = 6144
+#: Windows per chunk (whole rows, at least one): the (9, n) float64 temporaries (about
+#: 200 kB each) stay in the core's cache; measured fastest between 2500 and 3200 windows.
+CHUNK = 3072
 _TINY = np.finfo(np.float64).tiny
 #: 9 - i for the rows i = 0..8 of a (9, n) array.
 _W = (9 - np.arange(9, dtype=np.int8))[:, None]
