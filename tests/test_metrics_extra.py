@@ -101,9 +101,10 @@ def test_nabf_and_mef_ms_ssim(index: int) -> None:
     _assert_close(index, got, want)
 
 
-#: FMI cases checked by default: the DCT and wavelet features cost about 5 s of CPU per
-#: feature and 640x480 image, so the default run checks every case's pixel feature and
-#: one case's all six values; ``-m fmi_full`` checks all 168 values.
+#: FMI cases checked by default: the DCT and wavelet features cost about 1 s of CPU per
+#: feature and 640x480 image (both input ranges: 4 such calls per case), so the default
+#: run checks every case's pixel feature and one case's all six values; ``-m fmi_full``
+#: checks all 168 values (about 6 minutes on one core).
 FMI_DEFAULT_CASES = (0,)
 
 

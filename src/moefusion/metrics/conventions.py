@@ -193,8 +193,8 @@ _VIFB = Convention(
             "Spatial_frequency": lambda t: vifb.spatial_frequency(t.fused),
             "Rmse": lambda t: vifb.rmse(t.vi, t.ir, t.fused),
             "Ssim": lambda t: vifb.ssim(t.vi, t.ir, t.fused),
-            "Qcb": lambda t: vifb.qcb(t.vi, t.ir, t.fused),
-            "Qcv": lambda t: vifb.qcv(t.vi, t.ir, t.fused),
+            "Qcb": lambda t: vifb.qcb(t.vi, t.ir, t.fused, _liu(t)),
+            "Qcv": lambda t: vifb.qcv(t.vi, t.ir, t.fused, _liu(t)),
         }
     ),
     order=VIFB_METRICS,
@@ -207,6 +207,11 @@ def _shared(t: Triple, key: str, fn: Callable[[], object]) -> object:
     if key not in store:
         store[key] = fn()
     return store[key]
+
+
+def _liu(t: Triple) -> vifb.LiuInputs:
+    """Qcb's and Qcv's shared normalised images and spectra."""
+    return _shared(t, "_vifb_liu", lambda: vifb.LiuInputs(t.vi, t.ir, t.fused))  # type: ignore[return-value]
 
 
 def _mef(t: Triple, k: int) -> float:

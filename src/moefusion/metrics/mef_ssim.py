@@ -34,11 +34,14 @@ def _gauss_1d() -> np.ndarray:
 
 
 def _box_valid(x: np.ndarray) -> np.ndarray:
-    """Exact 'valid' 11x11 box sums of an int64 image (integral image)."""
-    c = np.zeros((x.shape[0] + 1, x.shape[1] + 1), np.int64)
-    np.cumsum(np.cumsum(x, 0), 1, out=c[1:, 1:])
-    w = _WIN
-    return c[w:, w:] - c[:-w, w:] - c[w:, :-w] + c[:-w, :-w]
+    """Exact 'valid' 11x11 box sums of a float64 image of integers.
+
+    OpenCV's running sums add and subtract integers below 2^53 here (at most
+    121 * (255 * 16)^2), so every partial sum, and the result, is exact in any order.
+    """
+    y = cv2.boxFilter(x, cv2.CV_64F, (_WIN, _WIN), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    r = _WIN // 2
+    return y[r : y.shape[0] - r, r : y.shape[1] - r]
 
 
 def _gauss_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -51,16 +54,17 @@ def _mef_ssim(seq: tuple[np.ndarray, np.ndarray], fused: np.ndarray, unit: int) 
     """Q of ``mef_ssim(imgSeq, fI)`` for two sources; images are float64 holding
     multiples of 1/unit (``unit * x`` are exact integers)."""
     n = _WIN * _WIN
-    ints = [np.rint(x * unit).astype(np.int64) for x in (*seq, fused)]
-    # Exact box sums (scaled by unit, unit^2): S1_k, S2_k, S12 of the sources.
+    ints = [np.rint(x * unit) for x in (*seq, fused)]
+    # Exact box sums (scaled by unit, unit^2): S1_k, S2_k, S12 of the sources; the
+    # integers below stay under 2^53, so float64 holds them exactly.
     s1 = [_box_valid(v) for v in ints[:2]]
     s2 = [_box_valid(v * v) for v in ints[:2]]
     s12 = _box_valid(ints[0] * ints[1])
     u2 = float(unit) * unit
-    mu = [s.astype(np.float64) / (n * unit) for s in s1]
+    mu = [s / (n * unit) for s in s1]
     # Sum over the window of (x - mu)^2, exactly (n * S2 - S1^2) / n, and the covariance.
-    css = [(n * b - a * a).astype(np.float64) / (n * u2) for a, b in zip(s1, s2, strict=True)]
-    c12 = (n * s12 - s1[0] * s1[1]).astype(np.float64) / (n * u2)
+    css = [(n * b - a * a) / (n * u2) for a, b in zip(s1, s2, strict=True)]
+    c12 = (n * s12 - s1[0] * s1[1]) / (n * u2)
     # ed = sqrt(max(n * sigma^2, 0)) + 0.001 with sigma^2 of the uniform window.
     ed = [np.sqrt(np.maximum(c, 0)) + 0.001 for c in css]
     # R = (||sum_k (x_k - mean)|| + eps) / (sum_k ||x_k - mu_k|| + eps).
@@ -84,7 +88,7 @@ def _mef_ssim(seq: tuple[np.ndarray, np.ndarray], fused: np.ndarray, unit: int) 
     # Gaussian-weighted window sums, on images shifted by 128 (less cancellation).
     g = _gauss_1d()
     gsum = float(np.outer(g, g).sum())
-    x = [v.astype(np.float64) / unit - 128 for v in ints]
+    x = [v / unit - 128 for v in ints]
     mu_s = [m - 128 for m in mu]
     gx = [_gauss_valid(v, g) for v in x]
     gxx = [_gauss_valid(x[i] * x[j], g) for i, j in ((0, 0), (1, 1), (0, 1))]
@@ -92,34 +96,83 @@ def _mef_ssim(seq: tuple[np.ndarray, np.ndarray], fused: np.ndarray, unit: int) 
     gff = _gauss_valid(x[2] * x[2], g)
     # d_k = sum g (x_k - mu_k) ; mu1 = sum g r ; mu2 = sum g f.
     d = [gx[k] - mu_s[k] * gsum for k in (0, 1)]
-    mu1 = b[0] * d[0] + b[1] * d[1]
+    mu1 = b[0] * d[0]
+    d[1] *= b[1]
+    mu1 += d[1]
     mu2 = gx[2]
+    tmp = np.empty_like(mu1)
 
     def cross(i: int, j: int, gij: np.ndarray) -> np.ndarray:
-        # sum g (x_i - mu_i)(x_j - mu_j)
-        return gij - mu_s[j] * gx[i] - mu_s[i] * gx[j] + mu_s[i] * mu_s[j] * gsum
+        # sum g (x_i - mu_i)(x_j - mu_j) = ((gij - mu_j gx_i) - mu_i gx_j) + (mu_i mu_j) gsum,
+        # evaluated in place (gij is not used again).
+        np.multiply(mu_s[j], gx[i], out=tmp)
+        gij -= tmp
+        np.multiply(mu_s[i], gx[j], out=tmp)
+        gij -= tmp
+        np.multiply(mu_s[i], mu_s[j], out=tmp)
+        np.multiply(tmp, gsum, out=tmp)
+        gij += tmp
+        return gij
 
-    srr = (
-        b[0] * b[0] * cross(0, 0, gxx[0])
-        + b[1] * b[1] * cross(1, 1, gxx[1])
-        + 2 * b[0] * b[1] * cross(0, 1, gxx[2])
-    )
-    # sum g (r - mu1)^2 = sum g r^2 - 2 mu1 sum g r + mu1^2 sum g
-    sigma1_sq = srr - 2 * mu1 * mu1 + mu1 * mu1 * gsum
-    sigma2_sq = gff - 2 * mu2 * mu2 + mu2 * mu2 * gsum
-    # sum g r f = sum_k b_k (sum g x_k f - mu_k sum g f)
-    srf = b[0] * (gxf[0] - mu_s[0] * gx[2]) + b[1] * (gxf[1] - mu_s[1] * gx[2])
-    sigma12 = srf - 2 * mu1 * mu2 + mu1 * mu2 * gsum
+    # srr = (b0 b0) c00 + (b1 b1) c11 + ((2 b0) b1) c01
+    srr = b[0] * b[0]
+    srr *= cross(0, 0, gxx[0])
+    c11 = cross(1, 1, gxx[1])
+    np.multiply(b[1], b[1], out=tmp)
+    c11 *= tmp
+    srr += c11
+    b01 = 2 * b[0]
+    b01 *= b[1]
+    b01 *= cross(0, 1, gxx[2])
+    srr += b01
+
+    def centred(s2: np.ndarray, m: np.ndarray) -> np.ndarray:
+        # sum g (v - m)^2 = (s2 - (2 m) m) + (m m) gsum; s2 is overwritten.
+        np.multiply(2, m, out=tmp)
+        np.multiply(tmp, m, out=tmp)
+        s2 -= tmp
+        np.multiply(m, m, out=tmp)
+        np.multiply(tmp, gsum, out=tmp)
+        s2 += tmp
+        return s2
+
+    sigma1_sq = centred(srr, mu1)
+    sigma2_sq = centred(gff, mu2)
+    # sum g r f = b0 (sum g x_0 f - mu_0 sum g f) + b1 (sum g x_1 f - mu_1 sum g f)
+    for k in (0, 1):
+        np.multiply(mu_s[k], gx[2], out=tmp)
+        gxf[k] -= tmp
+        gxf[k] *= b[k]
+    srf = gxf[0]
+    srf += gxf[1]
+    # sigma12 = (srf - (2 mu1) mu2) + (mu1 mu2) gsum
+    np.multiply(2, mu1, out=tmp)
+    tmp *= mu2
+    srf -= tmp
+    np.multiply(mu1, mu2, out=tmp)
+    tmp *= gsum
+    srf += tmp
     c = (_K * 255) ** 2
-    q = (2 * sigma12 + c) / (sigma1_sq + sigma2_sq + c)
-    return float(q.mean())
+    # q = (2 sigma12 + c) / ((sigma1_sq + sigma2_sq) + c)
+    srf *= 2
+    srf += c
+    sigma1_sq += sigma2_sq
+    sigma1_sq += c
+    srf /= sigma1_sq
+    return float(srf.mean())
 
 
 def _downsample(x: np.ndarray) -> np.ndarray:
     """``imfilter(x, ones(2)/4, 'symmetric', 'same')`` then ``x(1:2:end, 1:2:end)``."""
     p = np.pad(x, ((0, 1), (0, 1)), mode="symmetric")
-    y = (p[:-1, :-1] + p[1:, :-1] + p[:-1, 1:] + p[1:, 1:]) / 4
-    return y[::2, ::2]
+    # Only the kept samples, with the same sums: y(i, j) for even i, j.
+    h, w = (x.shape[0] + 1) // 2, (x.shape[1] + 1) // 2
+    top, bottom = p[0 : 2 * h : 2], p[1 : 2 * h + 1 : 2]
+    y = top[:, 0 : 2 * w : 2] + bottom[:, 0 : 2 * w : 2]
+    y += top[:, 1 : 2 * w + 1 : 2]
+    y += bottom[:, 1 : 2 * w + 1 : 2]
+    y /= 4
+    return y
 
 
 def mef_ms_ssim_scales(ir: np.ndarray, vi: np.ndarray, fused: np.ndarray) -> tuple[float, ...]:

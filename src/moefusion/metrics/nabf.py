@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 _TD, _WT_MIN, _LG = 2.0, 0.001, 1.5
@@ -36,19 +37,33 @@ def _sobel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gv, gh
 
 
-def _strength_angle(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    gv, gh = _sobel(x)
+_KV = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64) / 8
+
+
+def _sobel_integer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_sobel` of an image of integers: every product and partial sum is a small
+    multiple of 1/8, exact in any order, so OpenCV's filter gives the same values."""
+    gv = cv2.filter2D(x, cv2.CV_64F, _KV, borderType=cv2.BORDER_REFLECT_101)
+    gh = cv2.filter2D(x, cv2.CV_64F, np.ascontiguousarray(_KV.T), borderType=cv2.BORDER_REFLECT_101)
+    return gv, gh
+
+
+def _strength_angle(x: np.ndarray, integer: bool) -> tuple[np.ndarray, np.ndarray]:
+    gv, gh = _sobel_integer(x) if integer else _sobel(x)
     g = np.sqrt(gh * gh + gv * gv)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.arctan(gv / gh)  # +-pi/2 where only gh is 0
-    a[(gv == 0) & (gh == 0)] = 0.0
+    zero = (gv == 0) & (gh == 0)
+    a = np.divide(gv, gh, out=gv)  # +-pi/2 where only gh is 0
+    np.arctan(a, out=a)
+    a[zero] = 0.0
     return g, a
 
 
 def _q(ga: np.ndarray, aa: np.ndarray, gf: np.ndarray, af: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(ga > gf, gf / ga, ga / gf)
-    rel[(ga == 0) | (gf == 0)] = 0.0
+    # gf / ga where ga > gf, else ga / gf: the smaller over the larger; 0 where either is 0.
+    hi = np.maximum(ga, gf)
+    rel = np.minimum(ga, gf)
+    rel /= hi
+    rel[hi == 0] = 0.0
     ang = np.abs(np.abs(aa - af) - math.pi / 2) * 2 / math.pi
     qg = _NRG / (1 + np.exp(-_KG * (rel - _SG)))
     qa = _NRA / (1 + np.exp(-_KA * (ang - _SA)))
@@ -56,31 +71,38 @@ def _q(ga: np.ndarray, aa: np.ndarray, gf: np.ndarray, af: np.ndarray) -> np.nda
 
 
 def _weight(g: np.ndarray) -> np.ndarray:
-    return np.where(g >= _TD, g**_LG, _WT_MIN)
+    # g^1.5 as g * sqrt(g) (within an ulp of pow).
+    w = np.sqrt(g)
+    w *= g
+    w[g < _TD] = _WT_MIN
+    return w
 
 
-def nabf(f: np.ndarray, i1: np.ndarray, i2: np.ndarray) -> float:
+def nabf(f: np.ndarray, i1: np.ndarray, i2: np.ndarray, integer: bool = False) -> float:
     """NABF = sum(na ((1 - Q_1F) w_1 + (1 - Q_2F) w_2)) / sum(w_1 + w_2) of float images.
 
-    ``na`` = 1 where the "fused" image's gradient exceeds both sources' gradients.
+    ``na`` = 1 where the "fused" image's gradient exceeds both sources' gradients; Q is
+    only evaluated there. ``integer``: the images hold integers (exact Sobel in any order).
     """
-    gf, af = _strength_angle(np.asarray(f, np.float64))
-    g1, a1 = _strength_angle(np.asarray(i1, np.float64))
-    g2, a2 = _strength_angle(np.asarray(i2, np.float64))
+    gf, af = _strength_angle(np.asarray(f, np.float64), integer)
+    g1, a1 = _strength_angle(np.asarray(i1, np.float64), integer)
+    g2, a2 = _strength_angle(np.asarray(i2, np.float64), integer)
     w1, w2 = _weight(g1), _weight(g2)
     na = (gf > g1) & (gf > g2)
-    num = np.where(na, (1 - _q(g1, a1, gf, af)) * w1 + (1 - _q(g2, a2, gf, af)) * w2, 0.0)
-    return float(np.sum(num) / np.sum(w1 + w2))
+    gf_, af_ = gf[na], af[na]
+    num = (1 - _q(g1[na], a1[na], gf_, af_)) * w1[na] + (1 - _q(g2[na], a2[na], gf_, af_)) * w2[na]
+    w1 += w2
+    return float(np.sum(num) / np.sum(w1))
 
 
 def nabf_kumar(ir: np.ndarray, vi: np.ndarray, fused: np.ndarray) -> float:
     """``Nabf``: (fused, ir, vi) on [0, 255], the author's own use."""
-    return nabf(fused.astype(np.float64), ir.astype(np.float64), vi.astype(np.float64))
+    return nabf(*(x.astype(np.float64) for x in (fused, ir, vi)), integer=True)
 
 
 def nabf_tang2023(ir: np.ndarray, vi: np.ndarray, fused: np.ndarray) -> float:
     """``Nabf_tang2023``: TANG-2023's call (ir, vi, fused) on [0, 255]: IR in the fused slot."""
-    return nabf(ir.astype(np.float64), vi.astype(np.float64), fused.astype(np.float64))
+    return nabf(*(x.astype(np.float64) for x in (ir, vi, fused)), integer=True)
 
 
 def nabf_tang2022(ir: np.ndarray, vi: np.ndarray, fused: np.ndarray) -> float:

@@ -17,10 +17,11 @@ the original's arithmetic (same scale, same sums, same quirks); the quirks are l
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import cv2
 import numpy as np
-from scipy.signal import correlate2d
+import scipy.fft
 
 from moefusion.metrics.fused_only import entropy_bits, sd_population
 from moefusion.metrics.qabf import qabf as _qabf
@@ -54,12 +55,16 @@ def entropy(fused: np.ndarray) -> float:
 
 
 def _rebin(x: np.ndarray) -> np.ndarray:
-    """VIFB mutinf's re-binning: min-max to [0, 1], then ``double(int16(x*255)) + 1``."""
-    a = x.astype(np.float64)
-    lo, hi = a.min(), a.max()
+    """VIFB mutinf's re-binning: min-max to [0, 1], then ``double(int16(x*255)) + 1``.
+
+    Evaluated once per grey level (a 256-entry table), with the same float arithmetic."""
+    lo, hi = float(x.min()), float(x.max())
+    table = x.dtype == np.uint8
+    a = np.arange(256, dtype=np.float64) if table else x.astype(np.float64)
     a = (a - lo) / (hi - lo) if hi != lo else np.zeros_like(a)
     # int16() rounds half away from zero; values are >= 0 here.
-    return np.floor(a * 255 + 0.5).astype(np.int64)  # 0-based bin (the +1 of MATLAB)
+    b = np.floor(a * 255 + 0.5).astype(np.int64)  # 0-based bin (the +1 of MATLAB)
+    return b[x] if table else b
 
 
 def _mi_nats(a: np.ndarray, b: np.ndarray) -> float:
@@ -156,52 +161,74 @@ def qabf(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
     return _qabf(*(x.astype(np.float64) * 255.0 for x in (vi, ir, fused)))
 
 
-def _gauss_window(n: int = 11, sigma: float = 1.5) -> np.ndarray:
-    """MATLAB ``fspecial('gaussian', n, sigma)`` (normalised), 2-D."""
+def _gauss_1d(n: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """1-D factor g of MATLAB ``fspecial('gaussian', n, sigma)``: outer(g, g) is the window
+    (no tap is below fspecial's eps * max cut for n = 11, sigma = 1.5)."""
     r = (n - 1) / 2
     t = np.arange(-r, r + 1)
-    g = np.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2 * sigma * sigma))
-    g[g < np.finfo(float).eps * g.max()] = 0
+    g = np.exp(-(t * t) / (2 * sigma * sigma))
     return g / g.sum()
 
 
-def _filter_valid(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """MATLAB ``filter2(w, x, 'valid')`` (correlation, no padding)."""
-    r = w.shape[0] // 2
-    y = cv2.filter2D(x, cv2.CV_64F, w, borderType=cv2.BORDER_REFLECT)
+def _filter_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """MATLAB ``filter2(outer(g, g), x, 'valid')`` (correlation, no padding), separably."""
+    r = len(g) // 2
+    y = cv2.sepFilter2D(x, cv2.CV_64F, g, g, borderType=cv2.BORDER_REFLECT)
     return y[r : y.shape[0] - r, r : y.shape[1] - r]
 
 
-def _ssim(a: np.ndarray, f: np.ndarray, w: np.ndarray) -> float:
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    ua, ub = _filter_valid(a, w), _filter_valid(f, w)
-    ua_sq, ub_sq, ua_ub = ua * ua, ub * ub, ua * ub
-    sa = _filter_valid(a * a, w) - ua_sq
-    sb = _filter_valid(f * f, w) - ub_sq
-    sab = _filter_valid(a * f, w) - ua_ub
-    m = ((2 * ua_ub + c1) * (2 * sab + c2)) / ((ua_sq + ub_sq + c1) * (sa + sb + c2))
-    return float(m.mean())
-
-
 def ssim(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
-    """ssim(VI, F) + ssim(IR, F): Wang's SSIM, 11x11 Gaussian (1.5), 'valid' windows."""
-    w = _gauss_window()
+    """ssim(VI, F) + ssim(IR, F): Wang's SSIM, 11x11 Gaussian (1.5), 'valid' windows.
+
+    The fused image's filtered mean and second moment are shared by both sources.
+    """
+    g = _gauss_1d()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     f = fused.astype(np.float64)
-    return _ssim(vi.astype(np.float64), f, w) + _ssim(ir.astype(np.float64), f, w)
+    ub = _filter_valid(f, g)
+    ub_sq = ub * ub
+    sb = _filter_valid(f * f, g)
+    sb -= ub_sq
+    sb += c2
+    ub_sq += c1
+    total = 0.0
+    for src in (vi, ir):
+        a = src.astype(np.float64)
+        ua = _filter_valid(a, g)
+        ua_sq = ua * ua
+        ua_ub = ua * ub
+        sa = _filter_valid(a * a, g)
+        sa -= ua_sq
+        sab = _filter_valid(a * f, g)
+        sab -= ua_ub
+        # ((2 ua ub + C1)(2 sab + C2)) / ((ua^2 + ub^2 + C1)(sa + sb + C2))
+        num = 2 * ua_ub
+        num += c1
+        sab *= 2
+        sab += c2
+        num *= sab
+        ua_sq += ub_sq
+        sa += sb
+        ua_sq *= sa
+        num /= ua_sq
+        total += float(num.mean())
+    return total
 
 
 # ----------------------------------------------------------------------------- Qcb, Qcv
 
 
 def _normalize1(x: np.ndarray) -> np.ndarray:
-    """Z. Liu's ``normalize1``: min-max to 0..255 and ``round`` (half away from zero)."""
-    d = x.astype(np.float64)
-    hi, lo = d.max(), d.min()
+    """Z. Liu's ``normalize1`` of a uint8 image: min-max to 0..255 and ``round`` (half away
+    from zero). Evaluated once per grey level (a 256-entry table), same float arithmetic."""
+    hi, lo = float(x.max()), float(x.min())
     if hi == 0 and lo == 0:
-        return d
+        return x.astype(np.float64)
+    table = x.dtype == np.uint8
+    d = np.arange(256, dtype=np.float64) if table else x.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        v = (d - lo) / (hi - lo) * 255
-    return np.floor(v + 0.5)  # v >= 0 (or NaN for a constant non-zero image)
+        v = np.floor((d - lo) / (hi - lo) * 255 + 0.5)  # v >= 0 (NaN: constant non-zero image)
+    return v[x] if table else v
 
 
 def _freq_radius(shape: tuple[int, int], div: float) -> np.ndarray:
@@ -215,10 +242,51 @@ def _freq_radius(shape: tuple[int, int], div: float) -> np.ndarray:
     return np.sqrt(u * u + v * v)
 
 
-def _csf_filter(x: np.ndarray, h_shifted: np.ndarray) -> np.ndarray:
-    """real(ifft2(ifftshift(fftshift(fft2(x)) .* H)))."""
-    spec = np.fft.fftshift(np.fft.fft2(x)) * h_shifted
-    return np.fft.ifft2(np.fft.ifftshift(spec)).real
+def _half_spectrum(h_shifted: np.ndarray) -> np.ndarray:
+    """``ifftshift(H)`` cut to the columns of a real FFT. H is a function of the radius on
+    the freqspace grid, which is even (H(-k) = H(k) modulo the size), so filtering with it
+    keeps real images real and ``ifft2(fft2(x) .* H)`` equals ``irfft2(rfft2(x) .* H)``."""
+    n = h_shifted.shape[1]
+    return np.ascontiguousarray(np.fft.ifftshift(h_shifted)[:, : n // 2 + 1])
+
+
+@lru_cache(maxsize=8)
+def _csf_chen_blum(shape: tuple[int, int]) -> np.ndarray:
+    """Qcb's CSF Sd = exp(-(r/f0)^2) - a exp(-(r/f1)^2), as a half spectrum."""
+    r = _freq_radius(shape, 30.0)
+    f0, f1, a = 15.3870, 1.3456, 0.7622
+    h = _half_spectrum(np.exp(-((r / f0) ** 2)) - a * np.exp(-((r / f1) ** 2)))
+    h.flags.writeable = False
+    return h
+
+
+@lru_cache(maxsize=8)
+def _csf_mannos(shape: tuple[int, int]) -> np.ndarray:
+    """Qcv's Mannos-Sakrison CSF, as a half spectrum."""
+    r = _freq_radius(shape, 8.0)
+    h = _half_spectrum(2.6 * (0.0192 + 0.144 * r) * np.exp(-((0.144 * r) ** 1.1)))
+    h.flags.writeable = False
+    return h
+
+
+class LiuInputs:
+    """What Z. Liu's Qcb and Qcv share: the ``normalize1``-d images (VI, IR, fused) and
+    their real 2-D spectra (computed once, on first use)."""
+
+    def __init__(self, vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> None:
+        """vi, ir, fused: (H, W) uint8."""
+        self.images = tuple(_normalize1(x) for x in (vi, ir, fused))
+        self._spectra: tuple[np.ndarray, ...] | None = None
+
+    @property
+    def spectra(self) -> tuple[np.ndarray, ...]:
+        if self._spectra is None:
+            self._spectra = tuple(scipy.fft.rfft2(x, workers=1) for x in self.images)
+        return self._spectra
+
+    def filtered(self, spectrum: np.ndarray, h_half: np.ndarray) -> np.ndarray:
+        """real(ifft2(ifftshift(fftshift(fft2(x)) .* H))) from x's real spectrum."""
+        return scipy.fft.irfft2(spectrum * h_half, s=self.images[0].shape, workers=1)
 
 
 def _gaussian31(sigma: float) -> np.ndarray:
@@ -234,29 +302,45 @@ def _filter_same_zero(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     return cv2.sepFilter2D(x, cv2.CV_64F, g, g, borderType=cv2.BORDER_CONSTANT)
 
 
-def qcb(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
+def qcb(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray, prep: LiuInputs | None = None) -> float:
     """Chen-Blum (Z. Liu's ``metricChenBlum``): CSF-filtered local contrast preservation."""
-    im1, im2, fu = (_normalize1(x) for x in (vi, ir, fused))
-    m, n = fu.shape
-    r = _freq_radius((m, n), 30.0)
-    f0, f1, a = 15.3870, 1.3456, 0.7622
-    sd = np.exp(-((r / f0) ** 2)) - a * np.exp(-((r / f1) ** 2))
+    prep = prep or LiuInputs(vi, ir, fused)
+    sd = _csf_chen_blum(fused.shape)
     g1, g2 = _gaussian31(2.0), _gaussian31(4.0)
 
-    def contrast_p(x: np.ndarray) -> np.ndarray:
-        y = _csf_filter(x, sd)
-        c = np.abs(_filter_same_zero(y, g1) / _filter_same_zero(y, g2) - 1)
-        return (c**3) / (c**2 + 0.0001)
+    def contrast_p(spectrum: np.ndarray) -> np.ndarray:
+        y = prep.filtered(spectrum, sd)
+        c = _filter_same_zero(y, g1)
+        c /= _filter_same_zero(y, g2)
+        c -= 1
+        np.abs(c, out=c)
+        c2 = c * c
+        c *= c2  # |C|^3
+        c2 += 0.0001
+        c /= c2
+        return c
 
     with np.errstate(divide="ignore", invalid="ignore"):
-        c1p, c2p, cfp = contrast_p(im1), contrast_p(im2), contrast_p(fu)
-        mask = (c1p < cfp).astype(np.float64)
-        q1f = (c1p / cfp) * mask + (cfp / c1p) * (1 - mask)
-        mask = (c2p < cfp).astype(np.float64)
-        q2f = (c2p / cfp) * mask + (cfp / c2p) * (1 - mask)
-        den = c1p * c1p + c2p * c2p
-        q = (c1p * c1p) / den * q1f + (c2p * c2p) / den * q2f
-    return float(q.mean())
+        c1p, c2p, cfp = (contrast_p(s) for s in prep.spectra)
+
+        def preservation(cp: np.ndarray) -> np.ndarray:
+            # (cp / cf) * mask + (cf / cp) * (1 - mask), mask = cp < cf; the masked-off
+            # ratio still enters as ratio * 0 (NaN where it is infinite, like the original).
+            mask = cp < cfp
+            a = cp / cfp
+            b = cfp / cp
+            return np.where(mask, a + b * 0.0, a * 0.0 + b)
+
+        q1f, q2f = preservation(c1p), preservation(c2p)
+        c1p *= c1p
+        c2p *= c2p
+        den = c1p + c2p
+        c1p /= den
+        c1p *= q1f
+        c2p /= den
+        c2p *= q2f
+        c1p += c2p
+    return float(c1p.mean())
 
 
 def _block_sums(x: np.ndarray, size: int = 16) -> np.ndarray:
@@ -264,27 +348,44 @@ def _block_sums(x: np.ndarray, size: int = 16) -> np.ndarray:
     (MATLAB ``blkproc`` semantics)."""
     m, n = x.shape
     pm, pn = -(-m // size) * size, -(-n // size) * size
-    p = np.zeros((pm, pn), x.dtype)
-    p[:m, :n] = x
-    return p.reshape(pm // size, size, pn // size, size).sum(axis=(1, 3))
+    if (pm, pn) != (m, n):
+        p = np.zeros((pm, pn), x.dtype)
+        p[:m, :n] = x
+        x = p
+    return x.reshape(pm // size, size, pn // size, size).sum(axis=(1, 3))
 
 
-def qcv(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
+def _sobel_strength5(x: np.ndarray) -> np.ndarray:
+    """G^5, G = sqrt(gx^2 + gy^2), gx / gy = ``filter2`` 'same' (zero padding) of x with
+    [-1 0 1; -2 0 2; -1 0 1] and its transpose. x holds integers 0..255, so the sums are
+    exact in any order."""
+    p = np.zeros((x.shape[0] + 2, x.shape[1] + 2))
+    p[1:-1, 1:-1] = x
+    h, w = x.shape
+    left = p[:-2, :w] + 2 * p[1:-1, :w] + p[2:, :w]
+    right = p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]
+    top = p[:h, :-2] + 2 * p[:h, 1:-1] + p[:h, 2:]
+    bottom = p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]
+    right -= left
+    bottom -= top
+    right *= right
+    bottom *= bottom
+    right += bottom  # G^2
+    g = np.sqrt(right)
+    right *= right
+    right *= g
+    return right
+
+
+def qcv(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray, prep: LiuInputs | None = None) -> float:
     """Chen-Varshney (Z. Liu's ``metricChen``), lower is better."""
-    im1, im2, fu = (_normalize1(x) for x in (vi, ir, fused))
-    k1 = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64)
-    k2 = np.array([[-1, -2, -1], [0, 0, 0], [1, 2, 1]], np.float64)
-
-    def strength(x: np.ndarray) -> np.ndarray:
-        gx = correlate2d(x, k1, mode="same")
-        gy = correlate2d(x, k2, mode="same")
-        return np.sqrt(gx * gx + gy * gy)
-
-    lam1 = _block_sums(strength(im1) ** 5)
-    lam2 = _block_sums(strength(im2) ** 5)
-    m, n = fu.shape
-    r = _freq_radius((m, n), 8.0)
-    theta_m = 2.6 * (0.0192 + 0.144 * r) * np.exp(-((0.144 * r) ** 1.1))
-    d1 = _block_sums(_csf_filter(im1 - fu, theta_m) ** 2) / 256.0
-    d2 = _block_sums(_csf_filter(im2 - fu, theta_m) ** 2) / 256.0
+    prep = prep or LiuInputs(vi, ir, fused)
+    im1, im2, _ = prep.images
+    lam1 = _block_sums(_sobel_strength5(im1))
+    lam2 = _block_sums(_sobel_strength5(im2))
+    theta_m = _csf_mannos(fused.shape)
+    s1, s2, sf = prep.spectra
+    # The CSF is linear: fft2(im_k - fused) = fft2(im_k) - fft2(fused).
+    d1 = _block_sums(prep.filtered(s1 - sf, theta_m) ** 2) / 256.0
+    d2 = _block_sums(prep.filtered(s2 - sf, theta_m) ** 2) / 256.0
     return float(np.sum(lam1 * d1 + lam2 * d2) / np.sum(lam1 + lam2))
