@@ -2,8 +2,10 @@
 
 The validation part is carved out of the training data (the split's ``val`` lists), never
 the held-out test part. For the same whole pairs the report gives the fusion loss
-(pixel + alpha x gradient, the training objective without the load term) of the model
-and of three training-free outputs (average, max, Laplacian pyramid), the model's SCD
+(pixel + alpha x gradient, the training objective without the load term, always with
+the paper's gradient target, the larger source gradient: a run trained with
+``optim.grad_target_scale`` != 1 is scored on the same scale as every other run) of the
+model and of three training-free outputs (average, max, Laplacian pyramid), the model's SCD
 (paper convention) and its correlation with the infrared and the visible image, and
 the expert usage of every gate (fraction of samples on which each expert gets at least
 :data:`~moefusion.models.gating.USED_WEIGHT` of the gate weight, entropy of that
