@@ -159,14 +159,7 @@ def test_table_legend_names_the_lower_is_better_metrics() -> None:
 
 
 def test_report_cache_key_follows_content_not_file_names(tmp_path: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "make_report", ROOT / "scripts" / "make_report.py"
-    )
-    assert spec is not None and spec.loader is not None
-    make_report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_report)
+    make_report = _load_make_report()
     a, b = tmp_path / "v5.safetensors", tmp_path / "renamed.safetensors"
     a.write_bytes(b"weights")
     b.write_bytes(b"weights")
@@ -179,3 +172,57 @@ def test_report_cache_key_follows_content_not_file_names(tmp_path: Path) -> None
     before = make_report.digest([code])
     (code / "sub" / "m.py").rename(code / "n.py")  # a moved module is a change
     assert make_report.digest([code]) != before
+
+
+def _load_make_report():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_report", ROOT / "scripts" / "make_report.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_states_the_published_network_targets_with_their_gaps() -> None:
+    mr = _load_make_report()
+    ours, sea = mr.MODEL, mr.SEAFUSION
+    others = {"CC": 0.5, "PSNR": 60.0, "MSE": 0.03}  # the tables' other columns, all equal
+
+    def results(per_method: dict[str, list[float]]) -> EvaluationResults:
+        values = {
+            c: {
+                m: {"s1": {**dict(zip(PAPER_METRICS, v, strict=True)), **others}}
+                for m, v in per_method.items()
+            }
+            for c in mr.CONVENTIONS
+        }
+        return EvaluationResults(tuple(mr.CONVENTIONS), tuple(per_method), ("s1",), values)
+
+    # columns: EN SF SD MI VIF AG SCD Qabf
+    msrs = results(
+        {
+            ours: [1, 5, 1, 1, 1, 5, 5, 2],
+            sea: [5, 4, 5, 5, 5, 4, 1, 1],
+            "max": [3, 1, 3, 3, 3, 1, 1, 3],
+        }
+    )
+    held = results({ours: [1, 1, 1, 1, 1, 1, 9, 1], sea: [2, 2, 2, 2, 2, 2, 1, 2]})
+    tables = [(mr.MSRS_EVAL, "MSRS test", msrs), ("roadscene", "held-out RoadScene", held)]
+    rendered = {key: mr.ranked_tables(res) for key, _, res in tables}
+    text = "\n".join(mr.published_targets(tables, rendered))
+    # MSRS: ours ranks 3 1 3 3 3 1 1 2 (2.125), SeAFusion 1 2 1 1 1 2 2 3 (1.625)
+    assert "| MSRS test | 1 | 2.12 | 1.62 | NOT met, +0.50 |" in text
+    # held-out: ours 2 2 2 2 2 2 1 2 (1.875), SeAFusion 1 1 1 1 1 1 2 1 (1.125)
+    assert "| held-out RoadScene | 1 | 1.88 | 1.12 | NOT met, +0.75 |" in text
+    assert "SF 5.0000 against SeAFusion's 4.0000 (met)" in text
+    assert "SCD best of all methods: met (5.0000)" in text
+    assert "Qabf best of all methods: NOT met (2.0000; max 3.0000)" in text
+
+    ahead = results({ours: [2] * 8, sea: [1] * 8})
+    text = "\n".join(mr.published_targets([("x", "x", ahead)], {"x": mr.ranked_tables(ahead)}))
+    assert "| x | 1 | 1.00 | 2.00 | met |" in text
+    assert "msrs_eval" not in text  # no MSRS test split in the run: no line about it
+    assert mr.published_targets([], {}) == []
