@@ -1,11 +1,15 @@
-"""Test-wide settings and the shared fixtures: the tiny model config and its weights."""
+"""Test-wide settings and the shared fixtures: the tiny model config and its weights, and
+a loader for the scripts under ``scripts/``."""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -13,6 +17,27 @@ import pytest
 # Must be set before torch starts its OpenMP pool: passive waiting keeps 2-core CI
 # machines from spinning (3x faster test runs under load, no cost when idle).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture(scope="session")
+def load_script() -> Callable[[str], ModuleType]:
+    """``load_script("make_report")``: the module of ``scripts/make_report.py`` (scripts are
+    not a package; registered in ``sys.modules`` so that its dataclasses resolve)."""
+
+    def load(name: str) -> ModuleType:
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
 
 #: The smallest useful MoE-Fusion: growth 8, 8-channel decoders, a MobileNetV3 detector
 #: with a 16-channel FPN. Fast enough on 2 CPU cores for every CLI and API test.

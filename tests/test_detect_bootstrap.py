@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,23 +26,10 @@ from moefusion.detection.scoring import average_precision
 from moefusion.detection.table import DetectionTable, TableRow
 from moefusion.errors import MoEFusionError
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _make_detect_split_module():
-    path = ROOT / "scripts" / "make_detect_split.py"
-    spec = importlib.util.spec_from_file_location("make_detect_split", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_detect_split", module)
-    spec.loader.exec_module(module)
-    return module
-
-
 # ----------------------------------------------------------------------------- split
 
 
-def test_msrs_eval_detect_split_is_stratified_disjoint_and_reproducible() -> None:
+def test_msrs_eval_detect_split_is_stratified_disjoint_and_reproducible(load_script) -> None:
     split = resolve_split("msrs-eval-detect-v1")
     assert split is not None
     parts = split["datasets"]["msrs_eval"]
@@ -60,7 +45,7 @@ def test_msrs_eval_detect_split_is_stratified_disjoint_and_reproducible() -> Non
     assert v3 is not None
     assert sorted(train + test) == sorted(v3["datasets"]["msrs_eval"]["test"])
     # Made by scripts/make_detect_split.py: the same stems, seed and fraction give it back.
-    script = _make_detect_split_module()
+    script = load_script("make_detect_split")
     assert split["seed"] == script.SEED
     again = split_stems(
         train + test, script.TEST_FRACTION, seed=script.SEED, group_fn=msrs_day_night

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,23 +10,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "expert_usage", ROOT / "scripts" / "expert_usage.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_usage_shares_sum_to_top_k_and_match_the_gates(tiny_weights: Path) -> None:
+def test_usage_shares_sum_to_top_k_and_match_the_gates(tiny_weights: Path, load_script) -> None:
     from moefusion import Fuser
     from moefusion.data import dataset_pairs, load_pair
     from moefusion.studies.routing import gate_logits_of
 
     fuser = Fuser.from_file(tiny_weights, device="cpu")
     pairs = dataset_pairs(ROOT / "samples")[:3]
-    script = _script()
+    script = load_script("expert_usage")
     shares = script.usage(gate_logits_of(fuser, pairs))
     assert set(shares) == {"mole_fg", "mole_bg", "moge"}
     k = fuser.model.config.top_k

@@ -158,8 +158,8 @@ def test_table_legend_names_the_lower_is_better_metrics() -> None:
     assert direction_note(["EN", "SF"]) == "Higher is better for every metric."
 
 
-def test_report_cache_key_follows_content_not_file_names(tmp_path: Path) -> None:
-    make_report = _load_make_report()
+def test_report_cache_key_follows_content_not_file_names(tmp_path: Path, load_script) -> None:
+    make_report = load_script("make_report")
     a, b = tmp_path / "v5.safetensors", tmp_path / "renamed.safetensors"
     a.write_bytes(b"weights")
     b.write_bytes(b"weights")
@@ -174,20 +174,8 @@ def test_report_cache_key_follows_content_not_file_names(tmp_path: Path) -> None
     assert make_report.digest([code]) != before
 
 
-def _load_make_report():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "make_report", ROOT / "scripts" / "make_report.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_report_states_the_published_network_targets_with_their_gaps() -> None:
-    mr = _load_make_report()
+def test_report_states_the_published_network_targets_with_their_gaps(load_script) -> None:
+    mr = load_script("make_report")
     ours, sea = mr.MODEL, mr.SEAFUSION
     others = {"CC": 0.5, "PSNR": 60.0, "MSE": 0.03}  # the tables' other columns, all equal
 
