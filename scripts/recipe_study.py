@@ -26,6 +26,7 @@ from moefusion.weights import bundled_weights_path
 BASE = [
     "stages.detect.trainer.max_epochs=0",
     "stages.refine.trainer.max_steps=0",  # rows compare stage 2 alone
+    "stages.sharpen.trainer.max_steps=0",
     "stages.fusion.optim.schedule=constant",
     "stages.fusion.optim.warmup_steps=100",
     "stages.fusion.trainer.max_steps=-1",

@@ -302,6 +302,7 @@ def test_staged_schedule_on_two_processes_shards_cache_and_batches(tmp_path: Pat
         "stages.fusion.optim.warmup_steps=0",
         "stages.fusion.checkpoint_every=1",
         "stages.refine.trainer.max_steps=0",
+        "stages.sharpen.trainer.max_steps=0",
     )
     train = split_stems("train")
     first = launch(tmp_path, out, "a", *staged, fusion_epochs % 1, *DDP)

@@ -181,15 +181,28 @@ def _image_loaded(driver, elem_id: str) -> bool:
     )
 
 
+def _wait_idle(driver) -> None:
+    """Until no output shows Gradio's "processing" overlay (a pick can queue a second
+    run of the same pair, which a loaded machine is still busy with)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 180).until(
+        lambda d: "processing" not in d.find_element(By.TAG_NAME, "body").text
+    )
+
+
 def _save_screenshot(driver) -> None:
     from PIL import Image
 
     for _ in range(3):  # the page re-lays out at each size: grow the window until it fits
+        _wait_idle(driver)
         height = driver.execute_script(
             "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)"
         )
         driver.set_window_size(1400, min(int(height) + 120, 4000))
         time.sleep(1.0)
+    _wait_idle(driver)
     shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
     shot = shot.resize((1000, round(shot.height * 1000 / shot.width)), Image.Resampling.LANCZOS)
     small = shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)

@@ -16,7 +16,7 @@ import yaml
 from moefusion.config import load_config_file, load_run_config
 from moefusion.training.config import RunConfig, stage_config
 
-V4 = "src/moefusion/pretrained/moefusion-cpu-v5.safetensors"  # the bundled weights
+V4 = "src/moefusion/pretrained/moefusion-cpu-v6.safetensors"  # the bundled weights
 
 
 def _stage(config: dict[str, Any], name: str) -> RunConfig:

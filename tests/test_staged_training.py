@@ -107,6 +107,7 @@ def tiny_staged_config(*overrides: str) -> dict:
             "stages.fusion.optim.warmup_steps=0",
             "stages.fusion.checkpoint_every=1",
             "stages.refine.trainer.max_steps=0",
+            "stages.sharpen.trainer.max_steps=0",
             *overrides,
         ],
     )
@@ -136,7 +137,8 @@ def test_staged_run_trains_each_stage_and_resumes_exactly(
         assert done["global_step"] == (2 if stage == "stage1-detect" else 4)
         assert (straight / stage / "checkpoints" / "last.ckpt").is_file()
     assert not (straight / "stage3-refine").exists()  # 0 steps: skipped
-    assert not (straight / "stage4-joint").exists()  # 0 epochs: skipped
+    assert not (straight / "stage4-sharpen").exists()  # 0 steps: skipped
+    assert not (straight / "stage5-joint").exists()  # 0 epochs: skipped
 
     # stage 2 never changes the detectors, and does change the fusion branch
     def state(path: Path) -> dict[str, torch.Tensor]:
@@ -168,16 +170,24 @@ def test_staged_run_trains_each_stage_and_resumes_exactly(
 
 @pytest.mark.slow
 @needs_shared
-def test_refine_stage_continues_the_fusion_stage_with_its_own_settings(
+def test_refine_and_sharpen_stages_continue_the_fusion_stage_with_their_own_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from moefusion.training.run import parameter_digest
 
-    seen: list[tuple[str, str, str, float]] = []
+    seen: list[tuple[str, str, str, float, float]] = []
 
     def record(when: str):
         def hook(self) -> None:
-            seen.append((self.config.stage, when, parameter_digest(self.model.fusion), self.alpha))
+            seen.append(
+                (
+                    self.config.stage,
+                    when,
+                    parameter_digest(self.model.fusion),
+                    self.alpha,
+                    self.config.optim.grad_target_scale,
+                )
+            )
 
         return hook
 
@@ -188,34 +198,45 @@ def test_refine_stage_continues_the_fusion_stage_with_its_own_settings(
         "stages.refine.data={crop: 48, batch_size: 2, repeat: 1}",
         "stages.refine.optim.warmup_steps=0",
         "stages.refine.trainer={max_epochs: null, max_steps: 3, max_time: null}",
+        "stages.sharpen.data={crop: 48, batch_size: 2, repeat: 1}",
+        "stages.sharpen.optim.warmup_steps=0",
+        "stages.sharpen.trainer={max_epochs: null, max_steps: 2, max_time: null}",
     )
     out = train(config, tmp_path / "run", progress=False)
-    assert [(stage, when) for stage, when, _, _ in seen] == [
-        ("fusion", "start"),
-        ("fusion", "end"),
-        ("refine", "start"),
-        ("refine", "end"),
+    assert [(stage, when) for stage, when, *_ in seen] == [
+        (stage, when) for stage in ("fusion", "refine", "sharpen") for when in ("start", "end")
     ]
-    # refine starts from fusion's last weights, trains them, at its own alpha (cpu: 40)
+    # each stage starts from the previous stage's last weights and trains them
     assert seen[2][2] == seen[1][2] and seen[3][2] != seen[2][2]
-    assert seen[1][3] == 20.0 and seen[2][3] == 40.0
-    done = json.loads((out / "stage3-refine" / "done.json").read_text())
-    assert done["stage"] == "refine" and done["global_step"] == 3
+    assert seen[4][2] == seen[3][2] and seen[5][2] != seen[4][2]
+    # at its own settings (cpu: alpha 20, then 40; the gradient target 1, 1, then 1.1)
+    assert [(s[3], s[4]) for s in seen[::2]] == [(20.0, 1.0), (40.0, 1.0), (40.0, 1.1)]
+    for stage, steps in (("stage3-refine", 3), ("stage4-sharpen", 2)):
+        done = json.loads((out / stage / "done.json").read_text())
+        assert done["stage"] == stage.split("-")[1] and done["global_step"] == steps
     stages = [json.loads(x)["stage"] for x in (out / "fit_report.jsonl").read_text().splitlines()]
-    assert stages[0] == "fusion" and stages[-1] == "refine"
-    # the exported weights are the refine stage's
+    assert stages[0] == "fusion" and "refine" in stages and stages[-1] == "sharpen"
+    # the exported weights are the last stage's
     exported = load_weights(out / "moefusion.safetensors").state_dict()
-    ckpt = torch.load(out / "stage3-refine" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(out / "stage4-sharpen" / "checkpoints" / "last.ckpt", weights_only=False)
     assert all(torch.equal(v, ckpt["state_dict"][f"model.{k}"]) for k, v in exported.items())
 
 
-def test_refine_stage_is_off_unless_a_config_sets_it() -> None:
-    finetune = load_run_config("finetune")  # no refine section
-    assert "refine" not in finetune["stages"]
-    assert stage_is_empty(stage_config(finetune, "refine"))
-    refine = stage_config(load_run_config("cpu"), "refine")
-    assert not stage_is_empty(refine)
+def test_refine_and_sharpen_stages_are_off_unless_a_config_sets_them() -> None:
+    finetune = load_run_config("finetune")  # no refine or sharpen section
+    for name in ("refine", "sharpen"):
+        assert name not in finetune["stages"]
+        assert stage_is_empty(stage_config(finetune, name))
+    cpu = load_run_config("cpu")
+    refine, sharpen = stage_config(cpu, "refine"), stage_config(cpu, "sharpen")
+    assert not stage_is_empty(refine) and not stage_is_empty(sharpen)
     assert refine["optim"]["alpha"] == 40.0 and refine["trainer"]["max_steps"] == 1500
+    assert refine["optim"]["grad_target_scale"] == 1.0
+    # v6's step: v5's settings with the gradient target 1.1 x the sharper source's
+    assert {k: v for k, v in sharpen["optim"].items() if k != "grad_target_scale"} == {
+        k: v for k, v in refine["optim"].items() if k != "grad_target_scale"
+    }
+    assert sharpen["optim"]["grad_target_scale"] == 1.1
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from PIL import Image
 from moefusion.config import load_run_config
 from moefusion.training.fit_report import finite_mean, model_fit
 
-V4 = Path(__file__).resolve().parents[1] / "src/moefusion/pretrained/moefusion-cpu-v5.safetensors"
+V4 = Path(__file__).resolve().parents[1] / "src/moefusion/pretrained/moefusion-cpu-v6.safetensors"
 NOISE = ("Mean of empty slice", "Grad strides do not match", "sync_dist")
 
 
@@ -89,6 +89,7 @@ def test_fusion_stage_under_ddp_logs_no_library_noise(tmp_path: Path) -> None:
             "stages.detect.trainer.max_epochs=0",
             "stages.fusion.trainer={max_epochs: 1, max_steps: null, max_time: null}",
             "stages.refine.trainer.max_steps=0",
+            "stages.sharpen.trainer.max_steps=0",
             "stages.fusion.data={crop: 32, batch_size: 2, repeat: 1}",
             "stages.fusion.optim.schedule=constant",
             "stages.fusion.optim.warmup_steps=0",

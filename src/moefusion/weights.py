@@ -28,7 +28,7 @@ from moefusion.models import MoEFusion, MoEFusionConfig
 _LISTED = 3
 
 CONFIG_KEY = "moefusion_config"
-BUNDLED_WEIGHTS = "moefusion-cpu-v5.safetensors"
+BUNDLED_WEIGHTS = "moefusion-cpu-v6.safetensors"
 #: The resolved run config the bundled weights were trained with, shipped beside them.
 BUNDLED_RUN_CONFIG = BUNDLED_WEIGHTS.removesuffix(".safetensors") + ".config.yaml"
 

@@ -158,8 +158,12 @@ def base_overrides(settings: StudySettings, out: Path) -> list[str]:
         "stages.detect.trainer.max_steps=null",
         f"stages.detect.init_weights={Path(settings.weights).resolve()}",
         "stages.joint.trainer.max_epochs=0",
-        # the variants differ in the fusion stage alone (a config's refine stage is off)
-        *(["stages.refine.trainer.max_steps=0"] if _has_stage(settings.config, "refine") else []),
+        # the variants differ in the fusion stage alone (a config's later stages are off)
+        *(
+            f"stages.{later}.trainer.max_steps=0"
+            for later in ("refine", "sharpen")
+            if _has_stage(settings.config, later)
+        ),
         "stages.fusion.checkpoint_every=1",
         # the paper's studies vary around its alpha 10 (the `cpu` config trains with 20)
         "optim.alpha=10.0",

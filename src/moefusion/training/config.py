@@ -60,10 +60,11 @@ __all__ = [
 ]
 
 #: Stages of a staged run, in order (:mod:`moefusion.training.stages`).
-STAGES: tuple[str, ...] = ("detect", "fusion", "refine", "joint")
+STAGES: tuple[str, ...] = ("detect", "fusion", "refine", "sharpen", "joint")
 #: Fusion-branch stages (:class:`~moefusion.training.stages.FusionStageModule` on cached
-#: attention maps): ``refine`` continues ``fusion``'s weights with its own settings.
-FUSION_STAGES: tuple[str, ...] = ("fusion", "refine")
+#: attention maps): ``refine`` continues ``fusion``'s weights with its own settings, and
+#: ``sharpen`` continues ``refine``'s.
+FUSION_STAGES: tuple[str, ...] = ("fusion", "refine", "sharpen")
 #: ``schedule``: end to end (the paper) or stage by stage.
 SCHEDULES: tuple[str, ...] = ("joint", "staged")
 #: ``optim.schedule`` of the fusion stage (per-step learning rate).
@@ -439,8 +440,9 @@ class StagesConfig(Section):
 
     detect: StageConfig = field(default_factory=StageConfig)
     fusion: StageConfig = field(default_factory=StageConfig)
-    # off unless a config sets it (older configs have no refine stage)
+    # off unless a config sets them (older configs have no refine or sharpen stage)
     refine: StageConfig = field(default_factory=lambda: StageConfig(trainer={"max_steps": 0}))
+    sharpen: StageConfig = field(default_factory=lambda: StageConfig(trainer={"max_steps": 0}))
     joint: StageConfig = field(default_factory=StageConfig)
 
     @classmethod

@@ -102,11 +102,12 @@ def batch_pixels(data: Mapping[str, Any]) -> int:
 
 
 def estimate_step(model: MoEFusion, stage: str, data: Mapping[str, Any]) -> StepEstimate:
-    """Estimated memory of one step of ``stage`` (``detect``, ``fusion``, ``refine`` or ``joint``)."""
+    """Estimated memory of one step of ``stage`` (one of :data:`~moefusion.training.config.STAGES`)."""
     parts = {
         "detect": ("attention",),
         "fusion": ("fusion",),
         "refine": ("fusion",),
+        "sharpen": ("fusion",),
         "joint": ("attention", "fusion"),
     }
     per_pixel = sum(activations_per_pixel(model, p) * BACKWARD_FACTOR[p] for p in parts[stage])

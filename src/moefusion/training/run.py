@@ -327,7 +327,8 @@ def train_staged(
     resume: str | Path | None = None,
     progress: bool = True,
 ) -> Path:
-    """Run the ``detect``, ``fusion``, ``refine`` and ``joint`` stages in ``<out>/stage<i>-<name>/``.
+    """Run the ``detect``, ``fusion``, ``refine``, ``sharpen`` and ``joint`` stages in
+    ``<out>/stage<i>-<name>/``.
 
     ``resume="auto"`` skips finished stages (``done.json``) and continues the first
     unfinished one from its ``last.ckpt`` (exactly, as for joint runs). A stage that
@@ -376,6 +377,7 @@ def train_staged(
             "detect": DetectorStageModule,
             "fusion": FusionStageModule,
             "refine": FusionStageModule,
+            "sharpen": FusionStageModule,
             "joint": MoEFusionModule,
         }[name]
         module = module_cls(plain)

@@ -12,7 +12,10 @@ only share the time of each step. Staged training uses that:
 3. ``refine`` (optional, off unless the config sets it): the fusion stage again, from
    ``fusion``'s weights, with its own settings (the ``cpu`` config: the fine-tune that
    made ``moefusion-cpu-v5``, a higher gradient weight at a lower learning rate).
-4. ``joint`` (optional, 0 epochs by default): the end-to-end module of the paper.
+4. ``sharpen`` (optional, off unless the config sets it): the fusion stage once more, from
+   ``refine``'s weights (the ``cpu`` config: the fine-tune that made ``moefusion-cpu-v6``
+   from v5, a gradient target 1.1 x the sharper source's).
+5. ``joint`` (optional, 0 epochs by default): the end-to-end module of the paper.
 
 Each stage is a Lightning run of its own in ``<out>/stage<i>-<name>/`` (checkpoints,
 logs, ``done.json`` when finished); a stage starts from the previous stage's weights.
