@@ -2,6 +2,9 @@
 
 * :func:`gaussian_valid` is MATLAB ``filter2(fspecial('gaussian', N, N/5), x, 'valid')``
   done as two 1-D passes with OpenCV (about 50x faster than a direct 2-D convolution).
+* :func:`framed_rows` gives three rows of an image with the one-pixel frame of a 3x3
+  filter (zero, mirrored or replicated), for the compiled kernels that stream an image
+  row by row (Qabf, Nabf, VIFB Edge_intensity and Qcv).
 * :func:`row_sym11` / :func:`col_sym11` (symmetric 11-tap window sums) and
   :func:`row_box11` (11-tap box sums) are the building blocks of the compiled kernels
   that stream an image through 11x11 'valid' windows (VIFB Ssim, MEF-MS-SSIM): each row
@@ -19,6 +22,35 @@ import numpy as np
 #: the order of operations written is the order evaluated), and numpy's error model
 #: (x / 0 gives inf or NaN as in the array code instead of raising).
 JIT = {"cache": True, "error_model": "numpy"}
+
+
+#: Borders of :func:`framed_rows`.
+ZERO, MIRROR, REPLICATE = 0, 1, 2
+
+
+@numba.njit(**JIT)
+def framed_rows(x: np.ndarray, levels: np.ndarray, i: int, border: int, out: np.ndarray) -> None:
+    """out (3, W+2) = rows i-1, i, i+1 of levels[x] ((H, W) uint8 ``x``, H >= 2, (256,)
+    ``levels``) inside a one-pixel frame: ``ZERO``, ``MIRROR`` (the edge not repeated,
+    numpy's 'reflect') or ``REPLICATE`` (the edge repeated)."""
+    h, w = x.shape
+    for r in range(3):
+        src, row = i - 1 + r, out[r]
+        if src < 0 or src >= h:
+            if border == ZERO:
+                row[:] = 0
+                continue
+            inward = 1 if border == MIRROR else 0  # the row next to the edge, or the edge
+            src = inward if src < 0 else h - 1 - inward
+        xs = x[src]
+        for j in range(w):
+            row[j + 1] = levels[xs[j]]
+        if border == ZERO:
+            row[0], row[w + 1] = 0, 0
+        elif border == MIRROR:
+            row[0], row[w + 1] = row[2], row[w - 1]
+        else:
+            row[0], row[w + 1] = row[1], row[w]
 
 
 def matlab_gaussian_1d(n: int) -> np.ndarray:

@@ -153,16 +153,17 @@ def _mef_ssim(x0: np.ndarray, x1: np.ndarray, x2: np.ndarray, taps: tuple[float,
     return total / ((h - _WIN + 1) * wv)
 
 
+@numba.njit(**JIT)
 def _downsample(x: np.ndarray) -> np.ndarray:
-    """``imfilter(x, ones(2)/4, 'symmetric', 'same')`` then ``x(1:2:end, 1:2:end)``."""
-    p = np.pad(x, ((0, 1), (0, 1)), mode="symmetric")
-    # Only the kept samples, with the same sums: y(i, j) for even i, j.
-    h, w = (x.shape[0] + 1) // 2, (x.shape[1] + 1) // 2
-    top, bottom = p[0 : 2 * h : 2], p[1 : 2 * h + 1 : 2]
-    y = top[:, 0 : 2 * w : 2] + bottom[:, 0 : 2 * w : 2]
-    y += top[:, 1 : 2 * w + 1 : 2]
-    y += bottom[:, 1 : 2 * w + 1 : 2]
-    y /= 4
+    """``imfilter(x, ones(2)/4, 'symmetric', 'same')`` then ``x(1:2:end, 1:2:end)``: only
+    the kept samples, ((x00 + x10) + x01) + x11) / 4, the last row / column repeated."""
+    h, w = x.shape
+    y = np.empty(((h + 1) // 2, (w + 1) // 2))
+    for i in range(y.shape[0]):
+        top, bottom = x[2 * i], x[min(2 * i + 1, h - 1)]
+        for j in range(y.shape[1]):
+            c0, c1 = 2 * j, min(2 * j + 1, w - 1)
+            y[i, j] = (((top[c0] + bottom[c0]) + top[c1]) + bottom[c1]) / 4
     return y
 
 

@@ -15,7 +15,7 @@ import math
 import numba
 import numpy as np
 
-from moefusion.metrics._filters import JIT
+from moefusion.metrics._filters import JIT, MIRROR, framed_rows
 
 _TD, _WT_MIN, _LG = 2.0, 0.001, 1.5
 _NRG, _KG, _SG = 0.9999, 19.0, 0.5
@@ -23,19 +23,17 @@ _NRA, _KA, _SA = 0.9995, 22.0, 0.5
 
 
 @numba.njit(**JIT)
-def _gradients(
-    p: np.ndarray, i: int, gv: np.ndarray, gh: np.ndarray, g: np.ndarray, w: np.ndarray
-) -> None:
-    """Row i of ``sobel_fn`` (gv, gh) of the mirror-extended image ``p`` (edge row not
-    repeated), the strength g = sqrt(gh^2 + gv^2) and the weight w = g^1.5 (0.001 below
-    Td).
+def _gradients(p: np.ndarray, gv: np.ndarray, gh: np.ndarray, g: np.ndarray, w: np.ndarray) -> None:
+    """One row of ``sobel_fn`` (gv, gh) from the rows ``p`` (3, W+2) around it of the
+    mirror-extended image (edge not repeated), the strength g = sqrt(gh^2 + gv^2) and
+    the weight w = g^1.5 (0.001 below Td).
 
     gv, gh are correlations with [-1 0 1; -2 0 2; -1 0 1]/8 and its transpose, summed
     column first like the original: gv = ((t1 + t2) + t3) per column, then
     ((c1 + c2) + c3) across columns (the middle column is all zero taps, so
     (c1 + 0) + c3 = c1 + c3); gh per column (top * -k + 0) + bottom * k.
     """
-    top, mid, bot = p[i], p[i + 1], p[i + 2]
+    top, mid, bot = p[0], p[1], p[2]
     for j in range(g.shape[0]):
         c1 = (top[j] * -0.125 + mid[j] * -0.25) + bot[j] * -0.125
         c3 = (top[j + 2] * 0.125 + mid[j + 2] * 0.25) + bot[j + 2] * 0.125
@@ -67,16 +65,19 @@ def _q(ga: float, aa: float, gf: float, af: float) -> float:
 
 
 @numba.njit(**JIT)
-def _nabf(pf: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> float:
-    """NABF of the mirror-extended (H+2, W+2) float64 images (fused slot first)."""
-    h, w = pf.shape[0] - 2, pf.shape[1] - 2
+def _nabf(f: np.ndarray, a: np.ndarray, b: np.ndarray, levels: np.ndarray) -> float:
+    """NABF of the (H, W) uint8 images (fused slot first) taken as levels[x]."""
+    h, w = f.shape
+    p = np.empty((3, 3, w + 2))
     gv, gh = np.empty((3, w)), np.empty((3, w))
     g, wt = np.empty((3, w)), np.empty((3, w))
     num = den = 0.0
     for i in range(h):
-        _gradients(pf, i, gv[0], gh[0], g[0], wt[0])
-        _gradients(p1, i, gv[1], gh[1], g[1], wt[1])
-        _gradients(p2, i, gv[2], gh[2], g[2], wt[2])
+        framed_rows(f, levels, i, MIRROR, p[0])
+        framed_rows(a, levels, i, MIRROR, p[1])
+        framed_rows(b, levels, i, MIRROR, p[2])
+        for k in range(3):
+            _gradients(p[k], gv[k], gh[k], g[k], wt[k])
         row_num = row_den = 0.0
         for j in range(w):
             gf, g1, g2 = g[0, j], g[1, j], g[2, j]
@@ -92,25 +93,31 @@ def _nabf(pf: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> float:
     return num / den
 
 
-def nabf(f: np.ndarray, i1: np.ndarray, i2: np.ndarray) -> float:
-    """NABF = sum(na ((1 - Q_1F) w_1 + (1 - Q_2F) w_2)) / sum(w_1 + w_2) of float images.
+def nabf(f: np.ndarray, i1: np.ndarray, i2: np.ndarray, levels: np.ndarray) -> float:
+    """NABF = sum(na ((1 - Q_1F) w_1 + (1 - Q_2F) w_2)) / sum(w_1 + w_2) of (H, W) uint8
+    images taken as the float64 values levels[x] ((256,)).
 
     ``na`` = 1 where the "fused" image's gradient exceeds both sources' gradients; Q is
     only evaluated there.
     """
-    return _nabf(*(np.pad(np.asarray(x, np.float64), 1, mode="reflect") for x in (f, i1, i2)))
+    return _nabf(f, i1, i2, levels)
+
+
+#: Grey levels as floats: [0, 255] and ``im2double``'s [0, 1].
+_LEVELS = np.arange(256, dtype=np.float64)
+_LEVELS_01 = _LEVELS / 255.0
 
 
 def nabf_kumar(ir: np.ndarray, vi: np.ndarray, fused: np.ndarray) -> float:
     """``Nabf``: (fused, ir, vi) on [0, 255], the author's own use."""
-    return nabf(*(x.astype(np.float64) for x in (fused, ir, vi)))
+    return nabf(fused, ir, vi, _LEVELS)
 
 
 def nabf_tang2023(ir: np.ndarray, vi: np.ndarray, fused: np.ndarray) -> float:
     """``Nabf_tang2023``: TANG-2023's call (ir, vi, fused) on [0, 255]: IR in the fused slot."""
-    return nabf(*(x.astype(np.float64) for x in (ir, vi, fused)))
+    return nabf(ir, vi, fused, _LEVELS)
 
 
 def nabf_tang2022(ir: np.ndarray, vi: np.ndarray, fused: np.ndarray) -> float:
     """``Nabf_tang2022``: TANG-2022's call (fused, ir, vi) on [0, 1] (``im2double``)."""
-    return nabf(*(x.astype(np.float64) / 255.0 for x in (fused, ir, vi)))
+    return nabf(fused, ir, vi, _LEVELS_01)

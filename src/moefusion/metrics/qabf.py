@@ -7,7 +7,7 @@ import math
 import numba
 import numpy as np
 
-from moefusion.metrics._filters import JIT
+from moefusion.metrics._filters import JIT, ZERO, framed_rows
 
 # Sigmoid constants of the original code (L = 1, so the weights are the gradient strengths).
 _TG, _KG, _DG = 0.9994, -15, 0.5
@@ -25,24 +25,8 @@ def grey_levels(dtype: type = np.float64, scale: float | None = None) -> np.ndar
 
 
 @numba.njit(**JIT)
-def _framed_rows(x: np.ndarray, levels: np.ndarray, i: int, p: np.ndarray) -> None:
-    """p (3, W+2) = rows i-1, i, i+1 of levels[x] inside the zero frame of ``conv2(...,
-    'same')``."""
-    h, w = x.shape
-    p[:, 0] = 0
-    p[:, w + 1] = 0
-    for r in range(3):
-        src = i - 1 + r
-        if 0 <= src < h:
-            for j in range(w):
-                p[r, j + 1] = levels[x[src, j]]
-        else:
-            p[r, 1 : w + 1] = 0
-
-
-@numba.njit(**JIT)
 def _gradients(p: np.ndarray, g: np.ndarray, ux: np.ndarray, uy: np.ndarray) -> None:
-    """From framed rows ``p`` (see :func:`_framed_rows`): the gradient strength
+    """From zero-framed rows ``p`` (3, W+2) (see :func:`framed_rows`): the gradient strength
     g = sqrt(Sx^2 + Sy^2), Sx = conv2(x, [-1 0 1; -2 0 2; -1 0 1], 'same'),
     Sy = conv2(x, [1 2 1; 0 0 0; -1 -2 -1], 'same'), and the orientation atan(Sy/Sx)
     (pi/2 where Sx == 0) as the vector (ux, uy) at that angle: +-(Sx, Sy) with ux > 0, or
@@ -85,9 +69,9 @@ def _maps(
     angle, arg_a = np.empty((2, w), dt), np.empty((2, w), dt)
     for i in range(h):
         g = (out[2, i], out[3, i], gf)
-        _framed_rows(a, levels, i, p[0])
-        _framed_rows(b, levels, i, p[1])
-        _framed_rows(f, levels, i, p[2])
+        framed_rows(a, levels, i, ZERO, p[0])
+        framed_rows(b, levels, i, ZERO, p[1])
+        framed_rows(f, levels, i, ZERO, p[2])
         for s in range(3):
             _gradients(p[s], g[s], ux[s], uy[s])
         for s in range(2):

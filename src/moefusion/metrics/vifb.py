@@ -23,7 +23,15 @@ import numba
 import numpy as np
 import scipy.fft
 
-from moefusion.metrics._filters import JIT, col_sym11, row_sym11, sym11_taps
+from moefusion.metrics._filters import (
+    JIT,
+    REPLICATE,
+    ZERO,
+    col_sym11,
+    framed_rows,
+    row_sym11,
+    sym11_taps,
+)
 from moefusion.metrics._histograms import grey_counts, joint_counts
 from moefusion.metrics.fused_only import entropy_bits, sd_population
 from moefusion.metrics.qabf import qabf as _qabf
@@ -144,15 +152,18 @@ def avg_gradient(fused: np.ndarray) -> float:
 
 
 @numba.njit(**JIT)
-def _sobel_magnitude_sum(p: np.ndarray) -> float:
-    """sum sqrt(gx^2 + gy^2) over the (H, W) inside of the edge-replicated (H+2, W+2)
-    image ``p``: gx, gy = correlations with [1 2 1; 0 0 0; -1 -2 -1] and its transpose.
-    The image holds integers, so gx and gy are exact."""
+def _sobel_magnitude_sum(x: np.ndarray, levels: np.ndarray) -> float:
+    """sum sqrt(gx^2 + gy^2) of an (H, W) uint8 image (as levels[x]) with replicated
+    edges: gx, gy = correlations with [1 2 1; 0 0 0; -1 -2 -1] and its transpose. The
+    image holds integers, so gx and gy are exact."""
+    h, w = x.shape
+    p = np.empty((3, w + 2))
     total = 0.0
-    for i in range(p.shape[0] - 2):
-        top, mid, bot = p[i], p[i + 1], p[i + 2]
+    for i in range(h):
+        framed_rows(x, levels, i, REPLICATE, p)
+        top, mid, bot = p[0], p[1], p[2]
         row = 0.0
-        for j in range(p.shape[1] - 2):
+        for j in range(w):
             gx = (top[j] + 2 * top[j + 1] + top[j + 2]) - (bot[j] + 2 * bot[j + 1] + bot[j + 2])
             gy = (top[j] + 2 * mid[j] + bot[j]) - (top[j + 2] + 2 * mid[j + 2] + bot[j + 2])
             row += math.sqrt(gx * gx + gy * gy)
@@ -162,8 +173,7 @@ def _sobel_magnitude_sum(p: np.ndarray) -> float:
 
 def edge_intensity(fused: np.ndarray) -> float:
     """Mean of sqrt(gx^2 + gy^2), unnormalised Sobel, ``imfilter(..., 'replicate')``."""
-    p = np.pad(fused.astype(np.float64), 1, mode="edge")
-    return _sobel_magnitude_sum(p) / fused.size
+    return _sobel_magnitude_sum(fused, np.arange(256, dtype=np.float64)) / fused.size
 
 
 def variance(fused: np.ndarray) -> float:
@@ -264,16 +274,15 @@ def _lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _normalize1(x: np.ndarray) -> np.ndarray:
-    """Z. Liu's ``normalize1`` of a uint8 image: min-max to 0..255 and ``round`` (half away
-    from zero). Evaluated once per grey level (a 256-entry table), same float arithmetic."""
+def _normalize1_table(x: np.ndarray) -> np.ndarray:
+    """Z. Liu's ``normalize1`` of a uint8 image (min-max to 0..255 and ``round``, half away
+    from zero) as a 256-entry table from grey level to value, same float arithmetic."""
     hi, lo = float(x.max()), float(x.min())
-    if hi == 0 and lo == 0:
-        return x.astype(np.float64)
     d = np.arange(256, dtype=np.float64)
+    if hi == 0 and lo == 0:
+        return d  # normalize1 returns an all-zero image unchanged
     with np.errstate(divide="ignore", invalid="ignore"):
-        v = np.floor((d - lo) / (hi - lo) * 255 + 0.5)  # v >= 0 (NaN: constant non-zero image)
-    return _lookup(v, x)
+        return np.floor((d - lo) / (hi - lo) * 255 + 0.5)  # >= 0 (NaN: constant non-zero image)
 
 
 def _freq_radius(shape: tuple[int, int], div: float) -> np.ndarray:
@@ -315,12 +324,15 @@ def _csf_mannos(shape: tuple[int, int]) -> np.ndarray:
 
 
 class LiuInputs:
-    """What Z. Liu's Qcb and Qcv share: the ``normalize1``-d images (VI, IR, fused) and
+    """What Z. Liu's Qcb and Qcv share: the ``normalize1``-d images (VI, IR, fused), as
+    the uint8 ``sources`` with their 256-entry ``tables`` and as float64 ``images``, and
     their real 2-D spectra (computed once, on first use)."""
 
     def __init__(self, vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> None:
         """vi, ir, fused: (H, W) uint8."""
-        self.images = tuple(_normalize1(x) for x in (vi, ir, fused))
+        self.sources = (vi, ir, fused)
+        self.tables = tuple(_normalize1_table(x) for x in self.sources)
+        self.images = tuple(_lookup(t, x) for t, x in zip(self.tables, self.sources, strict=True))
         self._spectra: tuple[np.ndarray, ...] | None = None
 
     @property
@@ -465,39 +477,43 @@ def qcb(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray, prep: LiuInputs | Non
 
 @numba.njit(**JIT)
 def _add_row_to_blocks(
-    p: np.ndarray, e: np.ndarray, i: int, lam: np.ndarray, d: np.ndarray, tmp: np.ndarray
+    x: np.ndarray, table: np.ndarray, e: np.ndarray, i: int, lam: np.ndarray, d: np.ndarray
 ) -> None:
-    """Add row i's G^5 (of the zero-framed image ``p``) and e^2 to the 16-column block
-    sums ``lam`` and ``d``; ``tmp`` (2, W) is scratch."""
-    top, mid, bot, ei = p[i], p[i + 1], p[i + 2], e[i]
-    g5, e2 = tmp[0], tmp[1]
-    for j in range(e.shape[1]):
+    """Add row i's G^5 (of the zero-framed image table[x]) and e^2 to the 16-column block
+    sums ``lam`` and ``d``."""
+    w = e.shape[1]
+    p = np.empty((3, w + 2))
+    framed_rows(x, table, i, ZERO, p)
+    top, mid, bot, ei = p[0], p[1], p[2], e[i]
+    g5, e2 = np.empty(w), np.empty(w)
+    for j in range(w):
         gx = (top[j + 2] + 2 * mid[j + 2] + bot[j + 2]) - (top[j] + 2 * mid[j] + bot[j])
         gy = (bot[j] + 2 * bot[j + 1] + bot[j + 2]) - (top[j] + 2 * top[j + 1] + top[j + 2])
         g2 = gx * gx + gy * gy
         g5[j] = (g2 * g2) * math.sqrt(g2)
         e2[j] = ei[j] * ei[j]
-    for j in range(e.shape[1]):
+    for j in range(w):
         lam[j // 16] += g5[j]
         d[j // 16] += e2[j]
 
 
 @numba.njit(**JIT)
-def _chen(im1: np.ndarray, im2: np.ndarray, e1: np.ndarray, e2: np.ndarray) -> float:
+def _chen(
+    x1: np.ndarray, t1: np.ndarray, x2: np.ndarray, t2: np.ndarray, e1: np.ndarray, e2: np.ndarray
+) -> float:
     """sum(lam1 d1 + lam2 d2) / sum(lam1 + lam2) over 16x16 blocks (partial blocks
-    zero-padded, ``blkproc``): lam_k = block sum of G^5 of the zero-framed (H+2, W+2)
-    image im_k, G = sqrt(gx^2 + gy^2), gx / gy = ``filter2`` 'same' of [-1 0 1; -2 0 2;
-    -1 0 1] and its transpose; d_k = block sum of e_k^2 / 256 (e_k: the CSF-filtered
-    difference image). The images hold integers 0..255 (NaN for a constant non-zero
-    image), so the Sobel sums are exact in any order."""
+    zero-padded, ``blkproc``): lam_k = block sum of G^5 of the image t_k[x_k],
+    G = sqrt(gx^2 + gy^2), gx / gy = ``filter2`` 'same' (zero padding) of [-1 0 1;
+    -2 0 2; -1 0 1] and its transpose; d_k = block sum of e_k^2 / 256 (e_k: the
+    CSF-filtered difference image). The images hold integers 0..255 (NaN for a constant
+    non-zero image), so the Sobel sums are exact in any order."""
     h, w = e1.shape
     nb = (w + 15) // 16
     lam, d = np.zeros((2, nb)), np.zeros((2, nb))
-    tmp = np.empty((2, w))
     num = den = 0.0
     for i in range(h):
-        _add_row_to_blocks(im1, e1, i, lam[0], d[0], tmp)
-        _add_row_to_blocks(im2, e2, i, lam[1], d[1], tmp)
+        _add_row_to_blocks(x1, t1, e1, i, lam[0], d[0])
+        _add_row_to_blocks(x2, t2, e2, i, lam[1], d[1])
         if i % 16 == 15 or i == h - 1:
             for b in range(nb):
                 l1, l2 = lam[0, b], lam[1, b]
@@ -511,8 +527,9 @@ def _chen(im1: np.ndarray, im2: np.ndarray, e1: np.ndarray, e2: np.ndarray) -> f
 def qcv(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray, prep: LiuInputs | None = None) -> float:
     """Chen-Varshney (Z. Liu's ``metricChen``), lower is better."""
     prep = prep or LiuInputs(vi, ir, fused)
-    im1, im2 = (np.pad(x, 1) for x in prep.images[:2])
     theta_m = _csf_mannos(fused.shape)
     s1, s2, sf = prep.spectra
     # The CSF is linear: fft2(im_k - fused) = fft2(im_k) - fft2(fused).
-    return _chen(im1, im2, prep.filtered(s1 - sf, theta_m), prep.filtered(s2 - sf, theta_m))
+    e1, e2 = prep.filtered(s1 - sf, theta_m), prep.filtered(s2 - sf, theta_m)
+    (x1, x2, _), (t1, t2, _) = prep.sources, prep.tables
+    return _chen(x1, t1, x2, t2, e1, e2)
