@@ -66,13 +66,6 @@ def test_the_halves_recombine_to_the_float_convention_qabf(seed: int) -> None:
     assert 0 <= s.q_vi <= Q_MAX and 0 <= s.q_ir <= Q_MAX
 
 
-def test_block_size_does_not_change_the_values() -> None:
-    ir, vi = _sources(4)
-    fused = ((ir.astype(np.int32) + vi) // 2).astype(np.uint8)
-    a, b = source_share(ir, vi, fused), source_share(ir, vi, fused, block_rows=7)
-    assert a.as_dict() == pytest.approx(b.as_dict(), rel=1e-12)
-
-
 def test_a_flat_source_has_no_half_and_no_share() -> None:
     ir, vi = _sources()
     flat = np.zeros_like(ir)  # not 90: the zero frame of the Sobel filter makes border edges

@@ -35,7 +35,7 @@ from moefusion.metrics.fused_only import (
 from moefusion.metrics.information import mi_cddfuse, mi_tang
 from moefusion.metrics.mef_ssim import mef_ms_ssim_scales
 from moefusion.metrics.nabf import nabf_kumar, nabf_tang2022, nabf_tang2023
-from moefusion.metrics.qabf import qabf
+from moefusion.metrics.qabf import grey_levels, qabf
 from moefusion.metrics.reference_based import cc, mse, psnr_tang, scd
 from moefusion.metrics.ssim import ssim_sum
 from moefusion.metrics.vif import MIN_SIDE as VIF_MIN_SIDE
@@ -121,7 +121,7 @@ _PAPER = Convention(
             "SF": lambda t: spatial_frequency(t.fused, 1 / 255),
             "SD": lambda t: sd_tang2022(t.hist.marginals[2], t.fused.shape),
             "VIF": lambda t: vif_pairs((t.ir, t.vi), t.fused, saturate_u8=True),
-            "Qabf": lambda t: qabf(t.ir, t.vi, t.fused, scale=255.0),
+            "Qabf": lambda t: qabf(t.ir, t.vi, t.fused, grey_levels(scale=255.0)),
         }
     ),
 )
@@ -162,7 +162,7 @@ _CDDFUSE = Convention(
             "VIF": lambda t: vif_pairs((t.ir, t.vi), t.fused, saturate_u8=False, nan_as_one=True),
             "AG": lambda t: cddfuse.ag(t.f32[2]),
             "SCD": lambda t: cddfuse.scd(*t.f32),
-            "Qabf": lambda t: qabf(t.ir, t.vi, t.fused, dtype=np.float32, block_rows=None),
+            "Qabf": lambda t: qabf(t.ir, t.vi, t.fused, grey_levels(np.float32)),
             "CC": lambda t: cddfuse.cc(*t.f32),
             "PSNR": lambda t: cddfuse.psnr(*t.f32),
             "MSE": lambda t: cddfuse.mse(*t.f32),

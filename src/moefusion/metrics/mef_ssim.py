@@ -9,22 +9,31 @@ scaled to the largest source contrast. Three scales (2x2 box filter with symmetr
 borders, then decimation), weights [0.0448 0.2856 0.3001] / sum; 'valid' windows.
 
 The original loops over windows; here every per-window quantity is expanded into sums
-over the window (box sums of x, x^2, x*y and Gaussian-weighted sums of x, x*y), computed
-once per image with separable filters. The box sums are exact integer arithmetic (the
-scale-2/3 images are multiples of 1/4, 1/16).
+over the window: box sums of x, x^2, x*y (exact: the images hold multiples of 1/16 at
+most, so every partial sum is an exactly representable float) and Gaussian-weighted sums
+of x, x*y. One compiled pass per scale forms them all in a ring of the last 11 image
+rows and evaluates the window's quality right away (no full-size temporaries).
 """
 
 from __future__ import annotations
 
 import math
 
-import cv2
+import numba
 import numpy as np
+
+from moefusion.metrics._filters import (
+    JIT,
+    col_sym11,
+    row_box11,
+    row_sym11,
+    sym11_taps,
+)
 
 _WIN = 11
 _K = 0.03
 _LEVEL_WEIGHTS = np.array([0.0448, 0.2856, 0.3001])
-_EPS = np.finfo(np.float64).eps
+_EPS = float(np.finfo(np.float64).eps)
 
 
 def _gauss_1d() -> np.ndarray:
@@ -33,145 +42,128 @@ def _gauss_1d() -> np.ndarray:
     return g / g.sum()
 
 
-def _box_valid(x: np.ndarray) -> np.ndarray:
-    """Exact 'valid' 11x11 box sums of a float64 image of integers.
-
-    OpenCV's running sums add and subtract integers below 2^53 here (at most
-    121 * (255 * 16)^2), so every partial sum, and the result, is exact in any order.
-    """
-    y = cv2.boxFilter(x, cv2.CV_64F, (_WIN, _WIN), normalize=False, borderType=cv2.BORDER_CONSTANT)
-    r = _WIN // 2
-    return y[r : y.shape[0] - r, r : y.shape[1] - r]
-
-
-def _gauss_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    y = cv2.sepFilter2D(x, cv2.CV_64F, g, g, borderType=cv2.BORDER_REFLECT)
-    r = _WIN // 2
-    return y[r : y.shape[0] - r, r : y.shape[1] - r]
+_G = _gauss_1d()
+#: Taps for the row/column kernels, and the 2-D window's sum (1 up to rounding).
+_TAPS = sym11_taps(_G)
+_GSUM = float(np.outer(_G, _G).sum())
+#: Box sums: x0, x1, x0^2, x1^2, x0 x1. Gaussian sums (of X = x - 128, less
+#: cancellation): X0, X1, X2, X0^2, X1^2, X0 X1, X0 X2, X1 X2, X2^2 (0, 1: sources, 2: F).
+_NBOX, _NQ = 5, 14
+_C = (_K * 255) ** 2
 
 
-def _mef_ssim(seq: tuple[np.ndarray, np.ndarray], fused: np.ndarray, unit: int) -> float:
-    """Q of ``mef_ssim(imgSeq, fI)`` for two sources; images are float64 holding
-    multiples of 1/unit (``unit * x`` are exact integers)."""
-    n = _WIN * _WIN
-    ints = [np.rint(x * unit) for x in (*seq, fused)]
-    # Exact box sums (scaled by unit, unit^2): S1_k, S2_k, S12 of the sources; the
-    # integers below stay under 2^53, so float64 holds them exactly.
-    s1 = [_box_valid(v) for v in ints[:2]]
-    s2 = [_box_valid(v * v) for v in ints[:2]]
-    s12 = _box_valid(ints[0] * ints[1])
-    u2 = float(unit) * unit
-    mu = [s / (n * unit) for s in s1]
-    # Sum over the window of (x - mu)^2, exactly (n * S2 - S1^2) / n, and the covariance.
-    css = [(n * b - a * a) / (n * u2) for a, b in zip(s1, s2, strict=True)]
-    c12 = (n * s12 - s1[0] * s1[1]) / (n * u2)
-    # ed = sqrt(max(n * sigma^2, 0)) + 0.001 with sigma^2 of the uniform window.
-    ed = [np.sqrt(np.maximum(c, 0)) + 0.001 for c in css]
-    # R = (||sum_k (x_k - mean)|| + eps) / (sum_k ||x_k - mu_k|| + eps).
-    num = np.sqrt(np.maximum(css[0] + css[1] + 2 * c12, 0))
-    den = np.sqrt(css[0]) + np.sqrt(css[1])
-    r = (num + _EPS) / (den + _EPS)
-    r[r > 1] = 1 - _EPS
-    r[r < 0] = _EPS
-    p = np.tan(math.pi / 2 * r)
-    p[p > 10] = 10
-    wmap = [(e / _WIN) ** p + _EPS for e in ed]
-    norm = wmap[0] + wmap[1]
-    wmap = [w / norm for w in wmap]
-    max_ed = np.maximum(ed[0], ed[1])
-    # rBlock = sum_k a_k (x_k - mu_k), a_k = w_k / ed_k; then scaled to norm max_ed.
-    a = [w / e for w, e in zip(wmap, ed, strict=True)]
-    nr2 = a[0] * a[0] * css[0] + a[1] * a[1] * css[1] + 2 * a[0] * a[1] * c12
-    nr = np.sqrt(np.maximum(nr2, 0))
-    scale = np.where(nr > 0, max_ed / np.where(nr > 0, nr, 1), 1.0)
-    b = [ak * scale for ak in a]
-    # Gaussian-weighted window sums, on images shifted by 128 (less cancellation).
-    g = _gauss_1d()
-    gsum = float(np.outer(g, g).sum())
-    x = [v / unit - 128 for v in ints]
-    mu_s = [m - 128 for m in mu]
-    gx = [_gauss_valid(v, g) for v in x]
-    gxx = [_gauss_valid(x[i] * x[j], g) for i, j in ((0, 0), (1, 1), (0, 1))]
-    gxf = [_gauss_valid(x[k] * x[2], g) for k in (0, 1)]
-    gff = _gauss_valid(x[2] * x[2], g)
-    # d_k = sum g (x_k - mu_k) ; mu1 = sum g r ; mu2 = sum g f.
-    d = [gx[k] - mu_s[k] * gsum for k in (0, 1)]
-    mu1 = b[0] * d[0]
-    d[1] *= b[1]
-    mu1 += d[1]
-    mu2 = gx[2]
-    tmp = np.empty_like(mu1)
-
-    def cross(i: int, j: int, gij: np.ndarray) -> np.ndarray:
-        # sum g (x_i - mu_i)(x_j - mu_j) = ((gij - mu_j gx_i) - mu_i gx_j) + (mu_i mu_j) gsum,
-        # evaluated in place (gij is not used again).
-        np.multiply(mu_s[j], gx[i], out=tmp)
-        gij -= tmp
-        np.multiply(mu_s[i], gx[j], out=tmp)
-        gij -= tmp
-        np.multiply(mu_s[i], mu_s[j], out=tmp)
-        np.multiply(tmp, gsum, out=tmp)
-        gij += tmp
-        return gij
-
-    # srr = (b0 b0) c00 + (b1 b1) c11 + ((2 b0) b1) c01
-    srr = b[0] * b[0]
-    srr *= cross(0, 0, gxx[0])
-    c11 = cross(1, 1, gxx[1])
-    np.multiply(b[1], b[1], out=tmp)
-    c11 *= tmp
-    srr += c11
-    b01 = 2 * b[0]
-    b01 *= b[1]
-    b01 *= cross(0, 1, gxx[2])
-    srr += b01
-
-    def centred(s2: np.ndarray, m: np.ndarray) -> np.ndarray:
-        # sum g (v - m)^2 = (s2 - (2 m) m) + (m m) gsum; s2 is overwritten.
-        np.multiply(2, m, out=tmp)
-        np.multiply(tmp, m, out=tmp)
-        s2 -= tmp
-        np.multiply(m, m, out=tmp)
-        np.multiply(tmp, gsum, out=tmp)
-        s2 += tmp
-        return s2
-
-    sigma1_sq = centred(srr, mu1)
-    sigma2_sq = centred(gff, mu2)
-    # sum g r f = b0 (sum g x_0 f - mu_0 sum g f) + b1 (sum g x_1 f - mu_1 sum g f)
-    for k in (0, 1):
-        np.multiply(mu_s[k], gx[2], out=tmp)
-        gxf[k] -= tmp
-        gxf[k] *= b[k]
-    srf = gxf[0]
-    srf += gxf[1]
-    # sigma12 = (srf - (2 mu1) mu2) + (mu1 mu2) gsum
-    np.multiply(2, mu1, out=tmp)
-    tmp *= mu2
-    srf -= tmp
-    np.multiply(mu1, mu2, out=tmp)
-    tmp *= gsum
-    srf += tmp
-    c = (_K * 255) ** 2
-    # q = (2 sigma12 + c) / ((sigma1_sq + sigma2_sq) + c)
-    srf *= 2
-    srf += c
-    sigma1_sq += sigma2_sq
-    sigma1_sq += c
-    srf /= sigma1_sq
-    return float(srf.mean())
+@numba.njit(**JIT)
+def _row_q(s: np.ndarray, t: np.ndarray) -> float:
+    """Sum of the qualities of one row of windows, whose 14 sums are s[:, c] (the
+    quantities listed above); ``t`` (8, W) is scratch. The loops without tan / pow are
+    kept apart so that they compile to vector instructions."""
+    n = float(_WIN * _WIN)
+    eps = _EPS
+    wv = s.shape[1]
+    cssa, cssb, c12, eda, edb, r, wa, wb = t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]
+    for c in range(wv):
+        s1a, s1b = s[0, c], s[1, c]
+        # Sum over the window of (x - mu)^2, exactly (n S2 - S1^2) / n (>= 0), and the
+        # covariance.
+        cssa[c] = (n * s[2, c] - s1a * s1a) / n
+        cssb[c] = (n * s[3, c] - s1b * s1b) / n
+        c12[c] = (n * s[4, c] - s1a * s1b) / n
+        # ed = sqrt(n sigma^2) + 0.001 with sigma^2 of the uniform window.
+        sa, sb = math.sqrt(cssa[c]), math.sqrt(cssb[c])
+        eda[c], edb[c] = sa + 0.001, sb + 0.001
+        # R = (||sum_k (x_k - mean)|| + eps) / (sum_k ||x_k - mu_k|| + eps), at most 1 - eps.
+        num = math.sqrt(max(cssa[c] + cssb[c] + 2 * c12[c], 0.0))
+        rc = (num + eps) / ((sa + sb) + eps)
+        r[c] = 1 - eps if rc > 1 else rc
+    for c in range(wv):
+        p = min(math.tan(math.pi / 2 * r[c]), 10.0)
+        wa[c] = (eda[c] / _WIN) ** p + eps
+        wb[c] = (edb[c] / _WIN) ** p + eps
+    q = r
+    for c in range(wv):
+        norm = wa[c] + wb[c]
+        ea, eb = eda[c], edb[c]
+        # rBlock = sum_k a_k (x_k - mu_k), a_k = w_k / ed_k; then scaled to norm max(ed).
+        aa, ab = (wa[c] / norm) / ea, (wb[c] / norm) / eb
+        ca, cb, cab = cssa[c], cssb[c], c12[c]
+        nr = math.sqrt(max(aa * aa * ca + ab * ab * cb + 2 * aa * ab * cab, 0.0))
+        scale = max(ea, eb) / nr if nr > 0 else 1.0
+        ba, bb = aa * scale, ab * scale
+        # Gaussian-weighted sums of X = x - 128: d_k = sum g (X_k - mu_k), mu1 = sum g r,
+        # mu2 = sum g F; sum g (X_i - mu_i)(X_j - mu_j) = ((g_ij - mu_j g_i) - mu_i g_j)
+        # + (mu_i mu_j) gsum.
+        gxa, gxb, gxf = s[5, c], s[6, c], s[7, c]
+        msa, msb = s[0, c] / n - 128, s[1, c] / n - 128
+        mu1 = ba * (gxa - msa * _GSUM) + bb * (gxb - msb * _GSUM)
+        mu2 = gxf
+        caa = ((s[8, c] - msa * gxa) - msa * gxa) + (msa * msa) * _GSUM
+        cbb = ((s[9, c] - msb * gxb) - msb * gxb) + (msb * msb) * _GSUM
+        cab = ((s[10, c] - msb * gxa) - msa * gxb) + (msa * msb) * _GSUM
+        srr = ((ba * ba) * caa + cbb * (bb * bb)) + ((2 * ba) * bb) * cab
+        sigma1_sq = (srr - (2 * mu1) * mu1) + (mu1 * mu1) * _GSUM
+        sigma2_sq = (s[13, c] - (2 * mu2) * mu2) + (mu2 * mu2) * _GSUM
+        # sum g r F = b0 (sum g X_0 F - mu_0 sum g F) + b1 (sum g X_1 F - mu_1 sum g F)
+        srf = (s[11, c] - msa * gxf) * ba + (s[12, c] - msb * gxf) * bb
+        sigma12 = (srf - (2 * mu1) * mu2) + (mu1 * mu2) * _GSUM
+        q[c] = (sigma12 * 2 + _C) / ((sigma1_sq + sigma2_sq) + _C)
+    total = 0.0
+    for c in range(wv):
+        total += q[c]
+    return total
 
 
+@numba.njit(**JIT)
+def _mef_ssim(x0: np.ndarray, x1: np.ndarray, x2: np.ndarray, taps: tuple[float, ...]) -> float:
+    """Mean Q of ``mef_ssim({x0, x1}, x2)`` over the 'valid' 11x11 windows; float64
+    images (H, W), H, W >= 11."""
+    h, w = x2.shape
+    wv = w - _WIN + 1
+    prod = np.empty((_NQ, w))
+    ring = np.empty((_NQ, _WIN, wv))
+    sums = np.zeros((_NQ, wv))
+    scratch = np.empty((8, wv))
+    total = 0.0
+    for i in range(h):
+        for c in range(w):
+            a, b, f = x0[i, c], x1[i, c], x2[i, c]
+            prod[0, c], prod[1, c], prod[2, c], prod[3, c], prod[4, c] = a, b, a * a, b * b, a * b
+            a, b, f = a - 128, b - 128, f - 128
+            prod[5, c], prod[6, c], prod[7, c], prod[8, c], prod[9, c] = a, b, f, a * a, b * b
+            prod[10, c], prod[11, c], prod[12, c], prod[13, c] = a * b, a * f, b * f, f * f
+        slot = i % _WIN
+        # Box sums run down the columns: the row leaving the window (in the slot being
+        # overwritten) is subtracted and the new one added (exact: integer multiples of
+        # 1/256 well below 2^53 / 256).
+        for q in range(_NBOX):
+            s, r = sums[q], ring[q, slot]
+            if i >= _WIN:
+                for c in range(wv):
+                    s[c] -= r[c]
+            row_box11(prod[q], r)
+            for c in range(wv):
+                s[c] += r[c]
+        for q in range(_NBOX, _NQ):
+            row_sym11(prod[q], ring[q, slot], taps)
+        if i < _WIN - 1:
+            continue
+        top = (i + 1) % _WIN  # slot of the window's first row
+        for q in range(_NBOX, _NQ):
+            col_sym11(ring[q], top, sums[q], taps)
+        total += _row_q(sums, scratch)
+    return total / ((h - _WIN + 1) * wv)
+
+
+@numba.njit(**JIT)
 def _downsample(x: np.ndarray) -> np.ndarray:
-    """``imfilter(x, ones(2)/4, 'symmetric', 'same')`` then ``x(1:2:end, 1:2:end)``."""
-    p = np.pad(x, ((0, 1), (0, 1)), mode="symmetric")
-    # Only the kept samples, with the same sums: y(i, j) for even i, j.
-    h, w = (x.shape[0] + 1) // 2, (x.shape[1] + 1) // 2
-    top, bottom = p[0 : 2 * h : 2], p[1 : 2 * h + 1 : 2]
-    y = top[:, 0 : 2 * w : 2] + bottom[:, 0 : 2 * w : 2]
-    y += top[:, 1 : 2 * w + 1 : 2]
-    y += bottom[:, 1 : 2 * w + 1 : 2]
-    y /= 4
+    """``imfilter(x, ones(2)/4, 'symmetric', 'same')`` then ``x(1:2:end, 1:2:end)``: only
+    the kept samples, ((x00 + x10) + x01) + x11) / 4, the last row / column repeated."""
+    h, w = x.shape
+    y = np.empty(((h + 1) // 2, (w + 1) // 2))
+    for i in range(y.shape[0]):
+        top, bottom = x[2 * i], x[min(2 * i + 1, h - 1)]
+        for j in range(y.shape[1]):
+            c0, c1 = 2 * j, min(2 * j + 1, w - 1)
+            y[i, j] = (((top[c0] + bottom[c0]) + top[c1]) + bottom[c1]) / 4
     return y
 
 
@@ -181,7 +173,7 @@ def mef_ms_ssim_scales(ir: np.ndarray, vi: np.ndarray, fused: np.ndarray) -> tup
     f = fused.astype(np.float64)
     qs = []
     for level in range(3):
-        qs.append(_mef_ssim(seq, f, 4**level))
+        qs.append(_mef_ssim(seq[0], seq[1], f, _TAPS))
         if level < 2:
             seq = (_downsample(seq[0]), _downsample(seq[1]))
             f = _downsample(f)

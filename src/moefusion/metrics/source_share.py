@@ -35,17 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from moefusion.metrics._filters import padded_rows
 from moefusion.metrics._inputs import make_triple
-from moefusion.metrics.qabf import (
-    _DA,
-    _KA,
-    _TA,
-    _TG,
-    BLOCK_ROWS,
-    _preservation,
-    _strength_angle,
-)
+from moefusion.metrics.qabf import _DA, _KA, _TA, _TG, grey_levels, preservation_maps
 
 #: Upper bound of the per-pixel preservation, ``Tg * Qa(equal orientation)``: a source
 #: copied into the fused image gets a half within about 1e-3 of it (the original rule
@@ -93,7 +84,7 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else math.nan
 
 
-def source_share(ir: Any, vi: Any, fused: Any, *, block_rows: int = BLOCK_ROWS) -> SourceShare:
+def source_share(ir: Any, vi: Any, fused: Any) -> SourceShare:
     """The :class:`SourceShare` of one (H, W) 8-bit triple (arrays or tensors, see
     :func:`moefusion.metrics.compute` for what is accepted).
 
@@ -101,18 +92,9 @@ def source_share(ir: Any, vi: Any, fused: Any, *, block_rows: int = BLOCK_ROWS) 
         MetricInputError: invalid images or sizes that differ.
     """
     t = make_triple(ir, vi, fused)
-    h = t.fused.shape[0]
-    num_a = num_b = den_a = den_b = 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for r0 in range(0, h, block_rows):
-            r1 = min(h, r0 + block_rows)
-            ga, aa = _strength_angle(padded_rows(t.ir, r0, r1, np.float64, None))
-            gb, ab = _strength_angle(padded_rows(t.vi, r0, r1, np.float64, None))
-            gf, af = _strength_angle(padded_rows(t.fused, r0, r1, np.float64, None))
-            num_a += float(np.sum(_preservation(ga, aa, gf, af) * ga))
-            num_b += float(np.sum(_preservation(gb, ab, gf, af) * gb))
-            den_a += float(np.sum(ga))
-            den_b += float(np.sum(gb))
+    num_a, num_b, den_a, den_b = (
+        float(np.sum(m)) for m in preservation_maps(t.ir, t.vi, t.fused, grey_levels())
+    )
     q_ir, q_vi = _ratio(num_a, den_a), _ratio(num_b, den_b)
     total = (0.0 if math.isnan(q_ir) else q_ir) + (0.0 if math.isnan(q_vi) else q_vi)
     share = math.nan if total <= 0 or math.isnan(q_ir) or math.isnan(q_vi) else q_ir / total
