@@ -174,9 +174,11 @@ def test_memory_estimate_scales_with_the_batch_and_refuses_what_cannot_fit(tmp_p
 
     base = load_run_config("cpu")
     est = {e.stage: e for e in check_training_memory(base, None)}
-    assert set(est) == {"detect", "fusion", "refine"}  # the empty joint stage is not checked
+    assert set(est) == {"detect", "fusion", "refine", "sharpen"}  # joint (empty) is not
     assert est["fusion"].pixels == 4 * 128 * 128 and est["detect"].pixels == 4 * 256 * 256
-    assert est["refine"].total == est["fusion"].total  # the same branch, crop and batch
+    assert (
+        est["refine"].total == est["sharpen"].total == est["fusion"].total
+    )  # same branch, crop, batch
     # measured on this config: 240 MB (fusion, 128 px x 4) and 621 MB (detectors, 256 x 4)
     assert 200e6 < est["fusion"].total < 400e6 and 550e6 < est["detect"].total < 1000e6
     bigger = load_run_config("cpu", ["stages.fusion.data.batch_size=8"])
