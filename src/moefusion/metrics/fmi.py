@@ -24,7 +24,10 @@ decide nothing and agree with the 81-cell loops to about 1e-14. Binary edge maps
 distinct windows, so ``edge`` evaluates each distinct (ir, vi, fused) window triple once.
 The Sobel filter and the dmey DWT are compiled loops too, with the summation order of
 the code they replace (bit-identical output). numba compiles the kernels on first use
-and caches them next to this file (``cache=True``).
+and caches them next to this file (``cache=True``). The DCT and wavelet window loops run
+rows of windows in parallel on numba's threads (``NUMBA_NUM_THREADS``,
+``numba.set_num_threads``); per-row sums added in row order make the result independent
+of the thread count.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from moefusion.metrics._dmey import DMEY_MATLAB
 
 # error_model="numpy": x / 0 gives inf/nan like MATLAB instead of raising.
 _jit = numba.njit(cache=True, error_model="numpy")
+# The window loop over rows: parallel over numba's threads (one thread where
+# NUMBA_NUM_THREADS=1), deterministic by construction (see _fmi_sum).
+_pjit = numba.njit(cache=True, error_model="numpy", parallel=True)
 
 
 # ----------------------------------------------------------------------------- features
@@ -340,14 +346,20 @@ def _fmi_window(buf: np.ndarray, cells: np.ndarray) -> float:
     return out / 2
 
 
-@_jit
+@_pjit
 def _fmi_sum(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
-    """Sum of the window fmi over the interior 3x3 windows of the feature images a, b, f."""
+    """Sum of the window fmi over the interior 3x3 windows of the feature images a, b, f.
+
+    Rows of windows run in parallel (numba's thread count: ``NUMBA_NUM_THREADS`` or
+    ``numba.set_num_threads``). Each row is summed left to right into its own slot and the
+    rows are added in order afterwards, so the sum does not depend on the thread count.
+    """
     m, n = f.shape
-    buf = _new_buffer()
-    cells = np.empty((18, 2), dtype=np.int64)
-    total = 0.0
-    for r in range(m - 2):
+    rows = np.empty(m - 2)
+    for r in numba.prange(m - 2):
+        # Scratch per row (a few hundred bytes): rows may run on different threads.
+        buf = _new_buffer()
+        cells = np.empty((18, 2), dtype=np.int64)
         row = 0.0
         for c in range(n - 2):
             for u in range(3):
@@ -356,7 +368,10 @@ def _fmi_sum(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
                     buf[_RAW + 9 + 3 * u + k] = b[r + k, c + u]
                     buf[_RAW + 18 + 3 * u + k] = f[r + k, c + u]
             row += _fmi_window(buf, cells)
-        total += row
+        rows[r] = row
+    total = 0.0
+    for r in range(m - 2):  # sequential, in row order (not a prange reduction)
+        total += rows[r]
     return total
 
 
