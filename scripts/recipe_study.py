@@ -21,12 +21,13 @@ import sys
 import time
 from pathlib import Path
 
+from moefusion.training.config import FUSION_STAGES
 from moefusion.weights import bundled_weights_path
 
 BASE = [
     "stages.detect.trainer.max_epochs=0",
-    "stages.refine.trainer.max_steps=0",  # rows compare stage 2 alone
-    "stages.sharpen.trainer.max_steps=0",
+    # rows compare stage 2 alone: the later fusion stages off
+    *(f"stages.{later}.trainer.max_steps=0" for later in FUSION_STAGES[1:]),
     "stages.fusion.optim.schedule=constant",
     "stages.fusion.optim.warmup_steps=100",
     "stages.fusion.trainer.max_steps=-1",

@@ -53,14 +53,16 @@ def framed_rows(x: np.ndarray, levels: np.ndarray, i: int, border: int, out: np.
             row[0], row[w + 1] = row[1], row[w]
 
 
-def matlab_gaussian_1d(n: int) -> np.ndarray:
-    """1-D factor (n,) of MATLAB ``fspecial('gaussian', n, n/5)`` (outer(g, g) is the window)."""
-    sd = n / 5.0
+def matlab_gaussian_1d(n: int, sd: float | None = None) -> np.ndarray:
+    """1-D factor (n,) of MATLAB ``fspecial('gaussian', n, sd)``, sd = n/5 by default
+    (outer(g, g) is the window)."""
+    sd = n / 5.0 if sd is None else sd
     r = (n - 1) / 2.0
     t = np.arange(-r, r + 1)
     g = np.exp(-(t * t) / (2.0 * sd * sd))
-    # fspecial zeroes taps below eps*max; for n <= 17 and sd = n/5 no tap is that small,
-    # so the separable factor is exact up to rounding.
+    # fspecial zeroes taps below eps*max; for n <= 17 with sd = n/5, and for n = 11 with
+    # sd = 1.5 (SSIM's window), no tap is that small, so the separable factor is exact up
+    # to rounding.
     return g / g.sum()
 
 

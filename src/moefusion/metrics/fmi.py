@@ -39,12 +39,12 @@ import numpy as np
 import scipy.fft
 
 from moefusion.metrics._dmey import DMEY_MATLAB
+from moefusion.metrics._filters import JIT
 
-# error_model="numpy": x / 0 gives inf/nan like MATLAB instead of raising.
-_jit = numba.njit(cache=True, error_model="numpy")
+_jit = numba.njit(**JIT)
 # The window loop over rows: parallel over numba's threads (one thread where
 # NUMBA_NUM_THREADS=1), deterministic by construction (see _fmi_sum).
-_pjit = numba.njit(cache=True, error_model="numpy", parallel=True)
+_pjit = numba.njit(**JIT, parallel=True)
 
 
 # ----------------------------------------------------------------------------- features

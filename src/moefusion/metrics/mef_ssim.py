@@ -25,6 +25,7 @@ import numpy as np
 from moefusion.metrics._filters import (
     JIT,
     col_sym11,
+    matlab_gaussian_1d,
     row_box11,
     row_sym11,
     sym11_taps,
@@ -36,13 +37,7 @@ _LEVEL_WEIGHTS = np.array([0.0448, 0.2856, 0.3001])
 _EPS = float(np.finfo(np.float64).eps)
 
 
-def _gauss_1d() -> np.ndarray:
-    t = np.arange(-5, 6, dtype=np.float64)
-    g = np.exp(-(t * t) / (2 * 1.5 * 1.5))
-    return g / g.sum()
-
-
-_G = _gauss_1d()
+_G = matlab_gaussian_1d(_WIN, 1.5)
 #: Taps for the row/column kernels, and the 2-D window's sum (1 up to rounding).
 _TAPS = sym11_taps(_G)
 _GSUM = float(np.outer(_G, _G).sum())

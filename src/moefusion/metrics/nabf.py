@@ -16,6 +16,7 @@ import numba
 import numpy as np
 
 from moefusion.metrics._filters import JIT, MIRROR, framed_rows
+from moefusion.metrics.qabf import grey_levels
 
 _TD, _WT_MIN, _LG = 2.0, 0.001, 1.5
 _NRG, _KG, _SG = 0.9999, 19.0, 0.5
@@ -104,8 +105,8 @@ def nabf(f: np.ndarray, i1: np.ndarray, i2: np.ndarray, levels: np.ndarray) -> f
 
 
 #: Grey levels as floats: [0, 255] and ``im2double``'s [0, 1].
-_LEVELS = np.arange(256, dtype=np.float64)
-_LEVELS_01 = _LEVELS / 255.0
+_LEVELS = grey_levels()
+_LEVELS_01 = grey_levels(scale=255.0)
 
 
 def nabf_kumar(ir: np.ndarray, vi: np.ndarray, fused: np.ndarray) -> float:

@@ -29,6 +29,7 @@ from moefusion.metrics._filters import (
     ZERO,
     col_sym11,
     framed_rows,
+    matlab_gaussian_1d,
     row_sym11,
     sym11_taps,
 )
@@ -196,15 +197,6 @@ def qabf(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
     return _qabf(vi, ir, fused, np.arange(256, dtype=np.float64) * 255.0)
 
 
-def _gauss_1d(n: int = 11, sigma: float = 1.5) -> np.ndarray:
-    """1-D factor g of MATLAB ``fspecial('gaussian', n, sigma)``: outer(g, g) is the window
-    (no tap is below fspecial's eps * max cut for n = 11, sigma = 1.5)."""
-    r = (n - 1) / 2
-    t = np.arange(-r, r + 1)
-    g = np.exp(-(t * t) / (2 * sigma * sigma))
-    return g / g.sum()
-
-
 _SSIM_C1, _SSIM_C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
 
@@ -257,7 +249,7 @@ def _ssim_means(
 
 def ssim(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
     """ssim(VI, F) + ssim(IR, F): Wang's SSIM, 11x11 Gaussian (1.5), 'valid' windows."""
-    m_vi, m_ir = _ssim_means(vi, ir, fused, sym11_taps(_gauss_1d()))
+    m_vi, m_ir = _ssim_means(vi, ir, fused, sym11_taps(matlab_gaussian_1d(11, 1.5)))
     return m_vi + m_ir
 
 

@@ -35,6 +35,7 @@ from moefusion.data import dataset_pairs, load_pair, save_gray_u8
 from moefusion.data.splits import save_split, split_stems
 from moefusion.errors import ConfigError, MoEFusionError
 from moefusion.studies.definitions import PAPER_METRICS, Study, Variant
+from moefusion.training.config import FUSION_STAGES
 
 #: Held-out metrics are computed in this convention (the paper's toolbox).
 CONVENTION = "paper"
@@ -161,7 +162,7 @@ def base_overrides(settings: StudySettings, out: Path) -> list[str]:
         # the variants differ in the fusion stage alone (a config's later stages are off)
         *(
             f"stages.{later}.trainer.max_steps=0"
-            for later in ("refine", "sharpen")
+            for later in FUSION_STAGES[1:]
             if _has_stage(settings.config, later)
         ),
         "stages.fusion.checkpoint_every=1",

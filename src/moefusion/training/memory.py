@@ -28,6 +28,7 @@ from torch import nn
 
 from moefusion.errors import MoEFusionError
 from moefusion.models import MoEFusion, MoEFusionConfig
+from moefusion.training.config import FUSION_STAGES
 
 #: Peak step memory per counted activation element, per part (see the module doc).
 BACKWARD_FACTOR: dict[str, float] = {"fusion": 4.0, "attention": 1.6}
@@ -105,13 +106,11 @@ def estimate_step(model: MoEFusion, stage: str, data: Mapping[str, Any]) -> Step
     """Estimated memory of one step of ``stage`` (one of :data:`~moefusion.training.config.STAGES`)."""
     parts = {
         "detect": ("attention",),
-        "fusion": ("fusion",),
-        "refine": ("fusion",),
-        "sharpen": ("fusion",),
+        **dict.fromkeys(FUSION_STAGES, ("fusion",)),
         "joint": ("attention", "fusion"),
-    }
-    per_pixel = sum(activations_per_pixel(model, p) * BACKWARD_FACTOR[p] for p in parts[stage])
-    modules = [getattr(model, p) for p in parts[stage]]
+    }[stage]
+    per_pixel = sum(activations_per_pixel(model, p) * BACKWARD_FACTOR[p] for p in parts)
+    modules = [getattr(model, p) for p in parts]
     params = sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
     pixels = batch_pixels(data)
     return StepEstimate(

@@ -373,13 +373,13 @@ def train_staged(
             continue
         ckpt_path = str(last) if resume is not None and last.is_file() else None
         L.seed_everything(seed, workers=True, verbose=False)
-        module_cls = {
-            "detect": DetectorStageModule,
-            "fusion": FusionStageModule,
-            "refine": FusionStageModule,
-            "sharpen": FusionStageModule,
-            "joint": MoEFusionModule,
-        }[name]
+        module_cls: type[L.LightningModule]
+        if name == "detect":
+            module_cls = DetectorStageModule
+        elif name in FUSION_STAGES:
+            module_cls = FusionStageModule
+        else:
+            module_cls = MoEFusionModule  # joint
         module = module_cls(plain)
         if ckpt_path is not None:
             # Lightning restores the checkpoint only in fit(); the attention cache needs
