@@ -266,6 +266,27 @@ def test_video_options_checked(
     assert _all_files(out) == []
 
 
+def test_tiled_video_with_smoothing(tiny_weights: Path, tmp_path: Path) -> None:
+    """Tiles share each frame's gate decisions, so the gates are smoothed per frame as
+    for whole frames: ``--tile`` with ``--temporal-smoothing`` runs; frame 0 (the
+    average starts at the frame's own logits) has the unsmoothed gates."""
+    ir, vi = _sample_videos(tmp_path, 3)
+    rows = {}
+    for factor in ("0", "0.9"):
+        out = tmp_path / f"out{factor}"
+        rc = _fuse(
+            tiny_weights, "--ir", ir, "--vi", vi, "--out", out, "--tile", "48",
+            "--temporal-smoothing", factor,
+        )  # fmt: skip
+        assert rc == 0
+        rows[factor] = _rows(out / "ir_gates.csv")
+    assert len(rows["0.9"]) == 3
+    for gate in ("mole_fg", "mole_bg", "moge"):
+        assert rows["0.9"][0][f"{gate}_experts"] == rows["0"][0][f"{gate}_experts"]
+        for r in rows["0.9"]:
+            assert len(r[f"{gate}_experts"].split()) == 2  # top-2 of 4: one decision a frame
+
+
 def test_existing_output_needs_overwrite(
     tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

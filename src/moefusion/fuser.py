@@ -46,6 +46,8 @@ from moefusion.tiling import (
     default_overlap,
     estimate_fuse_bytes,
     fuse_tiled,
+    pool_tiled,
+    tile_grid,
     validate_tiling,
 )
 
@@ -71,13 +73,14 @@ class FusionResult:
     Attributes:
         fused: ``HxW`` float32 in [0, 1] (clamped).
         gates: ``{"mole_fg", "mole_bg", "moge"} -> [N]`` float32 gate weights (only the
-            gates the model variant has). Untiled: K non-zeros summing to 1. Tiled: the
-            area-weighted mean over the tiles, so more than K experts may be non-zero.
+            gates the model variant has): K non-zeros summing to 1. Tiled: the whole
+            image's decisions, shared by every tile (see :meth:`Fuser.fuse`).
         attention: ``HxW`` float32 attention map in (0, 1) that guided the local experts.
         color: ``HxWx3`` float32 RGB (the visible image's colour with the fused
             luminance) when colour was requested, else None.
         tiles: number of tiles the pair was fused in (1 = whole image).
-        tile_gates: per-tile gates (tiled runs only), in row-major tile order.
+        tile_gates: per-tile gates (tiled runs only), in row-major tile order; each
+            equals ``gates`` (the tiles share the whole image's decisions).
     """
 
     fused: np.ndarray
@@ -256,6 +259,10 @@ class Fuser:
                 with Y replaced by the fused image) instead of the gray one.
             tile: fuse in overlapping ``tile x tile`` tiles (bounded memory for large
                 images; see :mod:`moefusion.tiling`). None: the whole image at once.
+                The gates decide once for the whole image, from their pooled inputs
+                gathered in a first pass over the tiles, and every tile is fused with
+                those decisions (:meth:`shared_gates`); only the attention map stays
+                per tile.
             overlap: tile overlap in pixels (default ``tile // 4``).
             batch_size: pairs of the same size run through the network together.
             high_bit: normalisation of 16-bit inputs (see ``to_unit_float``).
@@ -402,9 +409,62 @@ class Fuser:
                 results[i] = r
         return [r for r in results if r is not None]
 
-    def _forward(self, ir: Tensor, vi: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        out = self._runner(ir.to(self.device), vi.to(self.device))
+    def _forward(
+        self, ir: Tensor, vi: Tensor, gates: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        if gates:
+            out = self._runner(ir.to(self.device), vi.to(self.device), gates=gates)
+        else:
+            out = self._runner(ir.to(self.device), vi.to(self.device))
         return out.fused, out.attention, out.gates
+
+    @torch.inference_mode()
+    def shared_gates(
+        self, ir: Tensor, vi: Tensor, tile: int, overlap: int | None = None
+    ) -> dict[str, Tensor]:
+        """The whole image's gate decisions, computed with one tile's memory.
+
+        The gates see only their input averaged over a fixed grid: a first pass over the
+        tiles of :func:`~moefusion.tiling.tile_grid` accumulates those averages
+        (:func:`~moefusion.tiling.pool_tiled`, each pixel taken from the tile whose core
+        holds it), then every gate decides once (:meth:`FusionNetwork.decide_gates
+        <moefusion.models.FusionNetwork.decide_gates>`; a ``"log"``-combined model needs a
+        second pass for MoGE). The pass runs the attention branch, the encoders and the
+        local experts, not the global experts. The decisions equal the untiled ones up
+        to the attention map, which each tile computes from its own content.
+
+        Args:
+            ir, vi: ``[B, 1, H, W]`` float32 in [0, 1] (any device).
+            tile, overlap: as :meth:`fuse`.
+
+        Returns:
+            ``{name: [B, N]}`` on the fuser's device, every gate of the model; ``{}`` when
+            the image is a single tile (it is then fused whole, as without ``tile``).
+        """
+        overlap = default_overlap(tile) if overlap is None else overlap
+        height, width = ir.shape[-2:]
+        if len(tile_grid(height, width, tile, overlap)) == 1:
+            return {}
+        fusion = self.model.fusion
+        runner = self._runner
+        wanted = set(fusion.gate_sizes)
+        decided: dict[str, Tensor] = {}
+        while wanted - set(decided):
+
+            def stats(
+                a: Tensor, b: Tensor, pool: Any, known: dict[str, Tensor] = decided
+            ) -> dict[str, list[Tensor]]:
+                return runner.gate_statistics(  # type: ignore[operator]
+                    a.to(self.device), b.to(self.device), pool, known
+                )
+
+            pooled = pool_tiled(stats, ir, vi, tile, overlap, fusion.gate_grid)
+            moved = {k: [t.to(self.device) for t in v] for k, v in pooled.items()}
+            now = fusion.decide_gates(moved, decided)
+            if len(now) == len(decided):
+                raise MoEFusionError(f"could not decide the gates {sorted(wanted - set(now))}")
+            decided = now
+        return decided
 
     @torch.inference_mode()
     def _run_batch(
@@ -425,7 +485,6 @@ class Fuser:
             vi = torch.from_numpy(np.stack([p.vi for p in batch]))[:, None]
         n = len(batch)
         tile_gates: list[dict[str, Tensor]] = []
-        tile_areas: list[int] = []
 
         if tile is None:
             fused, attention, gates = self._forward(ir, vi)
@@ -434,21 +493,20 @@ class Fuser:
             gates = {k: v.float().cpu() for k, v in gates.items()}
             num_tiles = 1
         else:
+            shared = self.shared_gates(ir, vi, tile, overlap)
 
             def run_tile(ir_t: Tensor, vi_t: Tensor) -> Tensor:
-                f, a, g = self._forward(ir_t, vi_t)
+                f, a, g = self._forward(ir_t, vi_t, shared)
                 tile_gates.append({k: v.float().cpu() for k, v in g.items()})
-                tile_areas.append(ir_t.shape[-2] * ir_t.shape[-1])
                 return torch.cat([f, a], dim=1).float().cpu() if details else f.float().cpu()
 
             blended = fuse_tiled(run_tile, ir, vi, tile, overlap, out_channels=2 if details else 1)
             fused = blended[:, :1].clamp_(0.0, 1.0)
             attention = blended[:, 1:2] if details else blended[:, :0]
-            total = float(sum(tile_areas))
-            gates = {
-                k: sum(g[k] * (a / total) for g, a in zip(tile_gates, tile_areas, strict=True))
-                for k in (tile_gates[0] if tile_gates else {})
-            }
+            if shared:
+                gates = {k: v.float().cpu() for k, v in shared.items()}
+            else:  # a single tile: the whole image's own gates
+                gates = tile_gates[0] if tile_gates else {}
             num_tiles = len(tile_gates)
 
         results = []

@@ -44,8 +44,10 @@ class GateSmoother:
                 out = model(ir, vi)          # gates from the smoothed logits
             smoother.reset()                 # a cut: forget the past
 
-    Tiles of one frame would be smoothed across each other (each gate call is a time
-    step): fuse video frames whole.
+    Each gate call is a time step: a model run tile by tile on its own would smooth the
+    tiles of one frame across each other. :meth:`moefusion.Fuser.fuse` with ``tile``
+    decides each gate once per frame (:meth:`moefusion.Fuser.shared_gates`) and the
+    tiles reuse that decision, so tiled frames are smoothed as whole ones.
     """
 
     def __init__(self, factor: float) -> None:

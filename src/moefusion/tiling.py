@@ -14,12 +14,18 @@ least ``overlap`` pixels, so every pixel is at least ``(overlap - 1) / 2 >= marg
 pixels away from the interior edges of some tile and gets a positive total weight. A
 function whose output at a pixel only depends on inputs within ``margin`` pixels (a
 stack of convolutions with that receptive-field radius) is then reproduced *exactly*;
-the ramp only matters for functions with global parts (MoE-Fusion's gates and attention
-branch), where it hides the seams.
+the ramp only matters for functions with global parts (MoE-Fusion's attention branch,
+and its gates when each tile decides on its own), where it hides the seams.
 
 Memory: the output accumulator ``[B, C, H, W]`` is the only full-size buffer. Because
 tiles lie on a grid and windows are separable, the accumulated weight is the outer
 product of two 1-D sums and is never materialised at full resolution.
+
+Shared decisions: :func:`pool_tiled` computes whole-image grid averages
+(``adaptive_avg_pool2d``) of feature maps tile by tile, each tile contributing its *core*
+(:func:`tile_cores`, a partition of the image with boundaries in the middle of the
+overlaps). MoE-Fusion's gates only see such averages, so the whole frame's gate decisions
+are made from them and shared with every tile (:class:`moefusion.Fuser`).
 
 Memory planning (:func:`estimate_fuse_bytes`, :func:`available_memory`) decides when an
 untiled pass would not fit and ``moefusion fuse`` falls back to :data:`AUTO_TILE` tiles.
@@ -49,6 +55,8 @@ __all__ = [
     "default_overlap",
     "estimate_fuse_bytes",
     "fuse_tiled",
+    "pool_tiled",
+    "tile_cores",
     "tile_grid",
     "tile_starts",
     "validate_tiling",
@@ -60,6 +68,10 @@ DEFAULT_OVERLAP_FRACTION = 4
 MIN_TILE = 32
 
 TileFn = Callable[[Tensor, Tensor], Tensor]
+#: ``pool(map [B, C, h, w]) -> [B, C, H_g, W_g]`` (see :func:`pool_tiled`).
+PoolFn = Callable[[Tensor], Tensor]
+#: ``fn(ir_tile, vi_tile, pool) -> {name: [pool(map), ...]}`` (see :func:`pool_tiled`).
+StatsFn = Callable[[Tensor, Tensor, PoolFn], dict[str, list[Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,124 @@ def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
     cols = tile_starts(width, tile, overlap)
     th, tw = min(tile, height), min(tile, width)
     return [Tile(r, r + th, c, c + tw) for r in rows for c in cols]
+
+
+def _core_bounds(starts: list[int], size: int, length: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` per tile start: boundaries in the middle of each overlap."""
+    cuts = [(a + size + b) // 2 for a, b in zip(starts, starts[1:], strict=False)]
+    edges = [0, *cuts, length]
+    return list(zip(edges, edges[1:], strict=False))
+
+
+def tile_cores(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """The core of every tile of :func:`tile_grid` (same order): the cores partition the
+    image, each inside its tile, with their boundaries in the middle of the overlaps, so
+    a core pixel is at least ``(overlap - 1) // 2`` px away from its tile's interior edges
+    (the convolutions of a network with a smaller receptive-field radius are exact there).
+    """
+    th, tw = min(tile, height), min(tile, width)
+    rows = _core_bounds(tile_starts(height, tile, overlap), th, height)
+    cols = _core_bounds(tile_starts(width, tile, overlap), tw, width)
+    return [Tile(r0, r1, c0, c1) for r0, r1 in rows for c0, c1 in cols]
+
+
+def _bin_edges(length: int, bins: int) -> tuple[list[int], list[int]]:
+    """``adaptive_avg_pool2d``'s bins: ``[floor(i L / n), ceil((i + 1) L / n))``."""
+    return (
+        [i * length // bins for i in range(bins)],
+        [-(-(i + 1) * length // bins) for i in range(bins)],
+    )
+
+
+def _membership(
+    lo: int, hi: int, core: tuple[int, int], bins: tuple[list[int], list[int]], device: Any
+) -> Tensor:
+    """``[n_bins, hi - lo]`` float32: 1 where pixel ``lo + j`` lies in bin ``i`` and in
+    ``[core[0], core[1])``, else 0."""
+    pos = torch.arange(lo, hi, device=device)
+    s = torch.tensor([max(a, core[0]) for a in bins[0]], device=device)[:, None]
+    e = torch.tensor([min(b, core[1]) for b in bins[1]], device=device)[:, None]
+    return ((pos >= s) & (pos < e)).to(torch.float32)
+
+
+def _bin_sums(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``rows @ x @ cols.T`` per channel: ``x [B, C, h, w]``, ``rows [H_g, h]``,
+    ``cols [W_g, w]`` -> ``[B, C, H_g, W_g]`` float32 (channels-last maps without a copy)."""
+    x = x.float()
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1:
+        b, c, h, w = x.shape
+        y = rows @ x.permute(0, 2, 3, 1).reshape(b, h, w * c)  # [B, H_g, w*C]
+        y = cols @ y.view(b, rows.shape[0], w, c)  # [B, H_g, W_g, C]
+        return y.permute(0, 3, 1, 2)
+    return rows @ x @ cols.T
+
+
+def pool_tiled(
+    fn: StatsFn,
+    ir: Tensor,
+    vi: Tensor,
+    tile: int,
+    overlap: int | None,
+    grid: tuple[int, int],
+) -> dict[str, list[Tensor]]:
+    """Whole-image ``adaptive_avg_pool2d(map, grid)`` of maps computed tile by tile.
+
+    ``fn(ir_tile, vi_tile, pool)`` is called once per tile of :func:`tile_grid` and
+    returns ``{name: [pool(map_tile), ...]}`` (the same names and list lengths for every
+    tile). Here ``pool`` sums each bin over the tile's core (:func:`tile_cores`); the sums
+    are added up over the tiles and divided by the bin areas, so the result is the
+    whole-image pooling of a map whose value at each pixel is that of the tile owning it
+    (exactly the whole image's map where ``fn``'s maps are local within
+    ``(overlap - 1) // 2`` px). Memory: one tile's maps at a time; the sums are small.
+
+    Args:
+        fn: see above; ``pool`` maps ``[B, C, h, w]`` (the tile's size) to
+            ``[B, C, H_g, W_g]`` float32 on the map's device.
+        ir, vi: ``[B, C, H, W]`` full-size inputs (any device).
+        tile, overlap: as :func:`fuse_tiled` (``overlap`` None: :func:`default_overlap`).
+        grid: ``(H_g, W_g)``.
+
+    Returns:
+        ``{name: [[B, C, H_g, W_g] float32 on the CPU, ...]}`` bin means.
+
+    Raises:
+        ValueError: invalid tiling, or tiles returned different names or counts.
+    """
+    overlap = default_overlap(tile) if overlap is None else overlap
+    validate_tiling(tile, overlap)
+    height, width = ir.shape[-2:]
+    tiles = tile_grid(height, width, tile, overlap)
+    cores = tile_cores(height, width, tile, overlap)
+    row_bins = _bin_edges(height, grid[0])
+    col_bins = _bin_edges(width, grid[1])
+    totals: dict[str, list[Tensor]] | None = None
+    for t, c in zip(tiles, cores, strict=True):
+
+        def pool(x: Tensor, t: Tile = t, c: Tile = c) -> Tensor:
+            if x.shape[-2:] != (t.height, t.width):
+                raise ValueError(f"pool expects a {t.height}x{t.width} map, got {tuple(x.shape)}")
+            rows = _membership(t.top, t.bottom, (c.top, c.bottom), row_bins, x.device)
+            cols = _membership(t.left, t.right, (c.left, c.right), col_bins, x.device)
+            return _bin_sums(x, rows, cols)
+
+        out = fn(
+            ir[..., t.top : t.bottom, t.left : t.right],
+            vi[..., t.top : t.bottom, t.left : t.right],
+            pool,
+        )
+        sums = {k: [v.detach().cpu().double() for v in vs] for k, vs in out.items()}
+        if totals is None:
+            totals = sums
+            continue
+        if {k: len(v) for k, v in sums.items()} != {k: len(v) for k, v in totals.items()}:
+            raise ValueError("every tile must return the same names and numbers of maps")
+        for k, vs in sums.items():
+            totals[k] = [a + b for a, b in zip(totals[k], vs, strict=True)]
+    assert totals is not None
+    heights = torch.tensor(row_bins[1], dtype=torch.float64) - torch.tensor(row_bins[0])
+    widths = torch.tensor(col_bins[1], dtype=torch.float64) - torch.tensor(col_bins[0])
+    area = heights[:, None] * widths[None, :]
+    return {k: [(v / area).float() for v in vs] for k, vs in totals.items()}
 
 
 def _ramp(length: int, margin: int, ramp: int) -> Tensor:

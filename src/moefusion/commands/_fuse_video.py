@@ -197,11 +197,6 @@ def _run(
             f"memory; fusing them in {tile}x{tile} tiles",
             file=sys.stderr,
         )
-    if tile is not None and smoothing > 0:
-        raise MoEFusionError(
-            "--temporal-smoothing needs whole frames (each tile has its own gates); drop "
-            "--tile, or pass --temporal-smoothing 0"
-        )
     print(f"moefusion fuse: {match.note}", file=sys.stderr)
 
     done = 0

@@ -164,8 +164,10 @@ class ExpertMixture(nn.Module):
 
     Shapes:
         ``forward(gate_input [B, C_g, H, W] (or parts that concatenate to it),
-        expert_inputs: N x [B, C_e, H, W])`` ->
-        ``(y [B, C_out, H, W], GateOutput)``.
+        expert_inputs: N x [B, C_e, H, W], gates [B, N] | None)`` ->
+        ``(y [B, C_out, H, W], GateOutput)``. With ``gates`` the gate does not run: the
+        experts are weighted by the given decisions (:meth:`GateOutput.fixed`; the shared
+        gates of tiled fusion) and ``gate_input`` is not read.
     """
 
     def __init__(
@@ -190,11 +192,22 @@ class ExpertMixture(nn.Module):
         return len(self.experts)
 
     def forward(
-        self, gate_input: Tensor, expert_inputs: Sequence[Tensor]
+        self,
+        gate_input: Tensor | Sequence[Tensor],
+        expert_inputs: Sequence[Tensor],
+        gates: Tensor | None = None,
     ) -> tuple[Tensor, GateOutput]:
         if len(expert_inputs) != self.num_experts:
             raise ValueError(f"need {self.num_experts} expert inputs, got {len(expert_inputs)}")
-        gate_out = self.gate(gate_input)
+        if gates is None:
+            gate_out = self.gate(gate_input)
+        else:
+            batch = expert_inputs[0].shape[0]
+            if gates.shape != (batch, self.num_experts):
+                raise ValueError(
+                    f"gates must be [B, N] = {(batch, self.num_experts)}, got {tuple(gates.shape)}"
+                )
+            gate_out = GateOutput.fixed(gates.to(expert_inputs[0].device))
         run = combine_dense if self.dispatch == "dense" else combine_sparse
         return run(self.experts, expert_inputs, gate_out.gates, self.combine), gate_out
 

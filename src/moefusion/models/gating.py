@@ -195,6 +195,31 @@ class GateOutput:
             loss = loss + self.z_weight * self.z_loss()
         return loss
 
+    @classmethod
+    def fixed(cls, gates: Tensor) -> GateOutput:
+        """The output of a gate whose decisions were made elsewhere (shared gates of
+        tiled fusion, :meth:`ExpertMixture.forward` with ``gates``).
+
+        ``gates`` stand in for the logits (no gate ran), ``indices`` are the experts
+        with the largest weights (as many as the row with the most non-zeros), and the
+        auxiliary loss is 0 (``balance="bias"``, no z-loss): there is nothing to balance
+        or to train in a decision that was given.
+
+        Shapes:
+            ``gates [B, N]`` -> :class:`GateOutput` with ``gates [B, N]`` (the same tensor).
+        """
+        if gates.dim() != 2:
+            raise ValueError(f"gates must be [B, N], got {tuple(gates.shape)}")
+        k = max(1, int((gates > 0).sum(1).max())) if gates.numel() else 1
+        return cls(
+            gates=gates,
+            load=gates_to_load(gates),
+            importance=gates.sum(0),
+            logits=gates,
+            indices=gates.topk(min(k, gates.shape[1]), dim=1).indices,
+            balance="bias",
+        )
+
 
 class NoisyTopKGate(nn.Module):
     """Noisy top-K gate over a feature map of any size.

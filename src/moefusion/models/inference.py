@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from moefusion.errors import MoEFusionError
 from moefusion.models.encoder import DenseEncoder
 from moefusion.models.experts import ExpertMixture, GlobalExpert, LocalExpert, combine_sparse
+from moefusion.models.gating import GateOutput
 from moefusion.models.moefusion import MoEFusion, MoEFusionOutput
 from moefusion.models.moge import MixtureOfGlobalExperts
 from moefusion.models.mole import MixtureOfLocalExperts, route_by_modality
@@ -232,7 +233,9 @@ class FastMoEFusion(nn.Module):
             weights are not seen: make a new runner).
         precision: one of :data:`PRECISIONS`.
 
-    ``forward(ir [B,1,H,W], vi [B,1,H,W]) -> MoEFusionOutput`` (``det_losses`` empty).
+    ``forward(ir [B,1,H,W], vi [B,1,H,W], gates=None) -> MoEFusionOutput`` (``det_losses``
+    empty); ``gates`` (``{name: [B, N]}``, some or all of the model's gates) replace
+    those gates' decisions, as in :meth:`FusionNetwork.forward`.
     """
 
     def __init__(self, model: MoEFusion, precision: str = "fp32") -> None:
@@ -272,21 +275,57 @@ class FastMoEFusion(nn.Module):
             raise MoEFusionError("FastMoEFusion is for inference only")
         return super().train(False)
 
-    def forward(self, ir: Tensor, vi: Tensor) -> MoEFusionOutput:
+    def forward(
+        self, ir: Tensor, vi: Tensor, gates: Mapping[str, Tensor] | None = None
+    ) -> MoEFusionOutput:
         device = ir.device
+        if gates:
+            self.fusion.check_gates(gates, ir.shape[0])
         with _half(self._dtype, device):
             attention, _ = self.attention(ir, vi)
         attention = attention.float()
+        given = dict(gates or {})
         if self._fast_fusion and not self.fusion.training:
-            fused, gates, load_loss = self._fusion(ir, vi, attention)
+            fused, out_gates, load_loss = self._fusion(ir, vi, attention, given)
         else:
-            out = self.fusion(ir, vi, attention)
-            fused, gates, load_loss = out.fused, out.gates, out.load_loss
-        return MoEFusionOutput(fused=fused, attention=attention, gates=gates, load_loss=load_loss)
+            out = self.fusion(ir, vi, attention, given) if given else self.fusion(ir, vi, attention)
+            fused, out_gates, load_loss = out.fused, out.gates, out.load_loss
+        return MoEFusionOutput(
+            fused=fused, attention=attention, gates=out_gates, load_loss=load_loss
+        )
+
+    def gate_statistics(
+        self,
+        ir: Tensor,
+        vi: Tensor,
+        pool: Callable[[Tensor], Tensor],
+        known: Mapping[str, Tensor] | None = None,
+    ) -> dict[str, list[Tensor]]:
+        """:meth:`~moefusion.models.FusionNetwork.gate_statistics` of a pair
+        (``[B, 1, h, w]`` each) with this runner's attention branch, encoders and
+        precision (the local experts in half precision where :meth:`forward` runs them so)."""
+        f = self.fusion
+        attention = None
+        if f.requires_attention:
+            with _half(self._dtype, ir.device):
+                attention = self.attention(ir, vi)[0].float()
+        if not (self._fast_fusion and not f.training):
+            return f.gate_statistics(ir, vi, attention, pool, known)
+        feats_vis = dense_encode(f.encoder_vis, vi)  # type: ignore[arg-type]
+        feats_ir = dense_encode(f.encoder_ir, ir)  # type: ignore[arg-type]
+        half = self._dtype
+
+        def run_local(expert: nn.Module, x: Tensor) -> Tensor:
+            with _half(half, x.device):
+                return expert(x).float()
+
+        encoded = (feats_vis[-1], feats_vis, feats_ir[-1], feats_ir)
+        return f.gate_statistics(ir, vi, attention, pool, known, encoded=encoded, run=run_local)
 
     def _fusion(
-        self, ir: Tensor, vi: Tensor, attention: Tensor
+        self, ir: Tensor, vi: Tensor, attention: Tensor, given: Mapping[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """The fusion branch; ``given`` gates replace those gates' decisions."""
         f = self.fusion
         if ir.shape != vi.shape or ir.dim() != 4 or ir.shape[1] != 1:
             raise ValueError(
@@ -314,7 +353,11 @@ class FastMoEFusion(nn.Module):
         load = []
         for name, mixture in (("fg", local.foreground), ("bg", local.background)):
             x_vis, x_ir = masked[name]
-            gate = mixture.gate([x_vis, x_ir])
+            key = f"mole_{name}"
+            if key in given:
+                gate = GateOutput.fixed(given[key].to(x_vis.device))
+            else:
+                gate = mixture.gate([x_vis, x_ir])
             inputs = route_by_modality(x_vis, x_ir, mixture.num_experts)
             ys.append(_combine(mixture.experts, inputs, gate.gates, run_local))
             gates[f"mole_{name}"] = gate.gates
@@ -326,7 +369,10 @@ class FastMoEFusion(nn.Module):
         del feats_vis, feats_ir, ys  # peak memory (and first-pass page faults) stays lower
         glob = f.global_stage
         assert isinstance(glob, MixtureOfGlobalExperts)
-        gate = glob.mixture.gate(x_f)
+        if "moge" in given:
+            gate = GateOutput.fixed(given["moge"].to(x_f.device))
+        else:
+            gate = glob.mixture.gate(x_f)
 
         def run_global(expert: nn.Module, x: Tensor) -> Tensor:
             layers = list(expert.layers)  # type: ignore[union-attr]

@@ -13,7 +13,7 @@ The fused image is not clamped: callers clamp to [0, 1] when saving.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +25,14 @@ from moefusion.models.attention import HEAD_PREFIXES, AttentionDetectors, Target
 from moefusion.models.config import MoEFusionConfig
 from moefusion.models.encoder import DenseEncoder
 from moefusion.models.experts import BranchOutput, GlobalExpert
+from moefusion.models.gating import NoisyTopKGate
 from moefusion.models.moge import MixtureOfGlobalExperts, SingleDecoder, build_global_mixture
-from moefusion.models.mole import AttentionLocal, MixtureOfLocalExperts, build_local_mixture
+from moefusion.models.mole import (
+    AttentionLocal,
+    MixtureOfLocalExperts,
+    build_local_mixture,
+    route_by_modality,
+)
 
 
 @dataclass
@@ -75,8 +81,12 @@ class FusionNetwork(nn.Module):
             a single decoder).
 
     Shapes:
-        ``forward(ir [B,1,H,W], vi [B,1,H,W], attention [B,1,H,W] | None)`` ->
-        :class:`FusionOutput`. Any H, W (the gates pool to a fixed grid).
+        ``forward(ir [B,1,H,W], vi [B,1,H,W], attention [B,1,H,W] | None, gates)`` ->
+        :class:`FusionOutput`. Any H, W (the gates pool to a fixed grid). ``gates``
+        (optional): ``{name: [B, N]}`` for some or all of :attr:`gate_sizes`, decisions
+        that replace those gates' own (the gate does not run and adds no load loss);
+        tiled fusion passes the whole frame's gates to every tile this way. The output's
+        ``gates`` then holds the given weights.
     """
 
     def __init__(
@@ -152,15 +162,196 @@ class FusionNetwork(nn.Module):
         return cls(DenseEncoder(1, g), DenseEncoder(1, g), local, global_stage)
 
     @property
+    def gate_sizes(self) -> dict[str, int]:
+        """``{gate name: N}`` for the gates this variant has, the keys of
+        :attr:`FusionOutput.gates` (``mole_fg``, ``mole_bg``, ``moge``, or some of them)."""
+        sizes: dict[str, int] = {}
+        if isinstance(self.local, MixtureOfLocalExperts):
+            sizes["mole_fg"] = self.local.foreground.num_experts
+            sizes["mole_bg"] = self.local.background.num_experts
+        if isinstance(self.global_stage, MixtureOfGlobalExperts):
+            sizes["moge"] = self.global_stage.mixture.num_experts
+        return sizes
+
+    def check_gates(self, gates: Mapping[str, Tensor], batch: int) -> None:
+        """Check given gate decisions: names of this variant's gates, ``[batch, N]`` each.
+
+        Raises:
+            ValueError: a name this variant has no gate for, or a wrong shape.
+        """
+        sizes = self.gate_sizes
+        unknown = sorted(set(gates) - set(sizes))
+        if unknown:
+            have = ", ".join(sizes) or "none"
+            raise ValueError(f"no gate named {', '.join(unknown)} in this variant (it has {have})")
+        for name, g in gates.items():
+            if tuple(g.shape) != (batch, sizes[name]):
+                raise ValueError(
+                    f"gates {name!r} must be [B, N] = {(batch, sizes[name])}, got {tuple(g.shape)}"
+                )
+
+    @property
+    def gate_grid(self) -> tuple[int, int]:
+        """The ``(H_g, W_g)`` grid all of this network's gates pool their input to.
+
+        Raises:
+            ValueError: the gates pool to different grids (never for a network built by
+                :meth:`from_config`, whose gates share ``config.gate_grid``), or there is
+                no gate.
+        """
+        grids = {m.grid for m in self.modules() if isinstance(m, NoisyTopKGate)}
+        if len(grids) != 1:
+            raise ValueError(f"the gates must share one pooling grid, found {sorted(grids)}")
+        return grids.pop()
+
+    def gate_statistics(
+        self,
+        ir: Tensor,
+        vi: Tensor,
+        attention: Tensor | None,
+        pool: Callable[[Tensor], Tensor],
+        known: Mapping[str, Tensor] | None = None,
+        *,
+        encoded: tuple[Tensor, Sequence[Tensor], Tensor, Sequence[Tensor]] | None = None,
+        run: Callable[[nn.Module, Tensor], Tensor] | None = None,
+    ) -> dict[str, list[Tensor]]:
+        """What the gates not in ``known`` decide from, pooled by ``pool``.
+
+        The gates only see their input averaged over a grid (:attr:`gate_grid`), so the
+        whole image's decisions can be made from grid averages accumulated tile by tile
+        (:func:`moefusion.tiling.pool_tiled`); :meth:`decide_gates` makes them. The
+        MoGE gate's input holds MoLE's output, which depends on the MoLE gates: with
+        ``combine="linear"`` every local expert's output is pooled on its own
+        (``mole_fg_experts``, ``mole_bg_experts``) and weighted once the MoLE gates are
+        decided (pooling is linear), so one pass decides every gate; with ``"log"`` the
+        MoGE gate needs a second pass with the MoLE gates in ``known``.
+
+        Args:
+            ir, vi: ``[B, 1, h, w]`` images (a tile).
+            attention: ``[B, 1, h, w]`` the attention map (None for w/o MoLE).
+            pool: ``[B, C, h, w] -> [B, C, H_g, W_g]``; adaptive average pooling to
+                :attr:`gate_grid` for a whole image, the bin sums of a tile's share of
+                the image when tiled.
+            known: gates already decided (``{name: [B, N]}``); their inputs are skipped.
+            encoded: ``(x_enc_vis, x_dense_vis parts, x_enc_ir, x_dense_ir parts)`` when
+                the caller has already run the encoders (the parts concatenate to
+                ``x_dense``); else they are run here.
+            run: ``run(expert, x)`` for the local experts (default ``expert(x)``).
+
+        Returns:
+            ``{key: [pool(map), ...]}``, keys among ``mole_fg``, ``mole_bg`` (the gate
+            inputs' parts), ``moge_dense`` (both ``x_dense``), ``moge_local`` (the
+            Att-Local features), ``mole_fg_output``, ``mole_bg_output`` (a mixture's
+            output, its gate known) and ``mole_fg_experts``, ``mole_bg_experts`` (one
+            pooled output per expert, its gate open); ``{}`` when ``known`` holds every
+            gate.
+        """
+        known = known or {}
+        sizes = self.gate_sizes
+        if not set(sizes) - set(known):
+            return {}
+        if encoded is None:
+            enc_vis, dense_vis = self.encoder_vis(vi)
+            enc_ir, dense_ir = self.encoder_ir(ir)
+            encoded = (enc_vis, [dense_vis], enc_ir, [dense_ir])
+        enc_vis, dense_vis_parts, enc_ir, dense_ir_parts = encoded
+        stats: dict[str, list[Tensor]] = {}
+        local = self.local
+        want_moge = "moge" in sizes and "moge" not in known
+        if local is not None and attention is None:
+            raise ValueError("this fusion variant needs the attention map")
+        if isinstance(local, MixtureOfLocalExperts):
+            assert attention is not None
+            inverse = 1.0 - attention
+            mixtures = (
+                ("mole_fg", local.foreground, attention),
+                ("mole_bg", local.background, inverse),
+            )
+            # a non-linear mixture whose gate is still open: MoGE waits for a second pass
+            if any(n not in known and m.combine != "linear" for n, m, _ in mixtures):
+                want_moge = False
+            for name, mixture, mask in mixtures:
+                x_vis, x_ir = enc_vis * mask, enc_ir * mask
+                if name not in known:
+                    stats[name] = [pool(x_vis), pool(x_ir)]
+                if not want_moge:
+                    continue
+                inputs = route_by_modality(x_vis, x_ir, mixture.num_experts)
+                if name in known:
+                    y, _ = mixture([x_vis, x_ir], inputs, known[name])
+                    stats[f"{name}_output"] = [pool(y)]
+                else:
+                    outs = (
+                        e(x) if run is None else run(e, x)
+                        for e, x in zip(mixture.experts, inputs, strict=True)
+                    )
+                    stats[f"{name}_experts"] = [pool(y) for y in outs]
+        elif local is not None and want_moge:
+            stats["moge_local"] = [pool(local(enc_vis, enc_ir, attention).features)]
+        if want_moge:
+            stats["moge_dense"] = [pool(p) for p in (*dense_vis_parts, *dense_ir_parts)]
+        return stats
+
+    def decide_gates(
+        self, stats: Mapping[str, Sequence[Tensor]], known: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """The gate decisions from :meth:`gate_statistics` output (pooled means).
+
+        Each gate is run on its pooled input (pooling a ``[B, C, H_g, W_g]`` map to the
+        grid is the identity, so the gate sees exactly the average it would compute
+        itself, and eval-mode hooks such as temporal smoothing apply once).
+
+        Returns:
+            ``known`` plus every gate decided now, ``{name: [B, N]}``.
+        """
+        decided = dict(known or {})
+        local = self.local
+        if isinstance(local, MixtureOfLocalExperts):
+            for name, mixture in (("mole_fg", local.foreground), ("mole_bg", local.background)):
+                if name not in decided and name in stats:
+                    decided[name] = mixture.gate(list(stats[name])).gates
+        glob = self.global_stage
+        if (
+            isinstance(glob, MixtureOfGlobalExperts)
+            and "moge" not in decided
+            and "moge_dense" in stats
+        ):
+            parts = list(stats["moge_dense"])
+            if "moge_local" in stats:
+                parts += list(stats["moge_local"])
+            elif isinstance(local, MixtureOfLocalExperts):
+                for name in ("mole_fg", "mole_bg"):
+                    if f"{name}_output" in stats:
+                        parts += list(stats[f"{name}_output"])
+                        continue
+                    # linear mixture: the pooled output is the gate-weighted pooled outputs
+                    gates = decided[name]
+                    pooled = stats[f"{name}_experts"]
+                    y = gates[:, 0].view(-1, 1, 1, 1) * pooled[0]
+                    for i in range(1, len(pooled)):
+                        y = y + gates[:, i].view(-1, 1, 1, 1) * pooled[i]
+                    parts.append(y)
+            decided["moge"] = glob.mixture.gate(parts).gates
+        return decided
+
+    @property
     def requires_attention(self) -> bool:
         """Whether :meth:`forward` uses the attention map (False for w/o MoLE)."""
         return self.local is not None
 
-    def forward(self, ir: Tensor, vi: Tensor, attention: Tensor | None = None) -> FusionOutput:
+    def forward(
+        self,
+        ir: Tensor,
+        vi: Tensor,
+        attention: Tensor | None = None,
+        gates: Mapping[str, Tensor] | None = None,
+    ) -> FusionOutput:
         if ir.shape != vi.shape or ir.dim() != 4 or ir.shape[1] != 1:
             raise ValueError(
                 f"ir and vi must both be [B, 1, H, W]; got {tuple(ir.shape)} and {tuple(vi.shape)}"
             )
+        if gates:
+            self.check_gates(gates, ir.shape[0])
         enc_vis, dense_vis = self.encoder_vis(vi)
         enc_ir, dense_ir = self.encoder_ir(ir)
         parts: list[BranchOutput] = []
@@ -171,12 +362,19 @@ class FusionNetwork(nn.Module):
                 raise ValueError(
                     f"attention must be [B, 1, H, W] = {tuple(ir.shape)}, got {tuple(attention.shape)}"
                 )
-            local_out = self.local(enc_vis, enc_ir, attention)
+            local_gates = {k: v for k, v in (gates or {}).items() if k.startswith("mole")}
+            if local_gates:
+                local_out = self.local(enc_vis, enc_ir, attention, local_gates)
+            else:
+                local_out = self.local(enc_vis, enc_ir, attention)
             parts.append(local_out)
             x_f = torch.cat([dense_vis, dense_ir, local_out.features], dim=1)
         else:
             x_f = torch.cat([dense_vis, dense_ir], dim=1)
-        global_out = self.global_stage(x_f)
+        if gates and "moge" in gates:
+            global_out = self.global_stage(x_f, {"moge": gates["moge"]})
+        else:
+            global_out = self.global_stage(x_f)
         parts.append(global_out)
         gates = {name: g for part in parts for name, g in part.gates.items()}
         load_loss = sum((p.load_loss for p in parts[1:]), parts[0].load_loss)
@@ -198,10 +396,11 @@ class MoEFusion(nn.Module):
         fusion: the :class:`FusionNetwork`.
         attention: the :class:`AttentionDetectors`.
 
-    ``forward(ir [B,1,H,W], vi [B,1,H,W], targets=None) -> MoEFusionOutput``: images in
-    [0, 1]; ``targets`` as :meth:`AttentionDetectors.forward`. The fused image is NOT
-    clamped (in training the loss sees the raw output); callers clamp to [0, 1] before
-    saving or measuring.
+    ``forward(ir [B,1,H,W], vi [B,1,H,W], targets=None, *, gates=None) -> MoEFusionOutput``:
+    images in [0, 1]; ``targets`` as :meth:`AttentionDetectors.forward`; ``gates`` as
+    :meth:`FusionNetwork.forward` (given decisions, e.g. the whole frame's for a tile).
+    The fused image is NOT clamped (in training the loss sees the raw output); callers
+    clamp to [0, 1] before saving or measuring.
     """
 
     def __init__(
@@ -218,10 +417,19 @@ class MoEFusion(nn.Module):
         self.fusion = FusionNetwork.from_config(config)
 
     def forward(
-        self, ir: Tensor, vi: Tensor, targets: Sequence[Target] | None = None
+        self,
+        ir: Tensor,
+        vi: Tensor,
+        targets: Sequence[Target] | None = None,
+        *,
+        gates: Mapping[str, Tensor] | None = None,
     ) -> MoEFusionOutput:
         attention, det_losses = self.attention(ir, vi, targets)
-        out = self.fusion(ir, vi, attention)
+        out = (
+            self.fusion(ir, vi, attention)
+            if gates is None
+            else self.fusion(ir, vi, attention, gates)
+        )
         return MoEFusionOutput(
             fused=out.fused,
             attention=attention,
@@ -229,6 +437,18 @@ class MoEFusion(nn.Module):
             load_loss=out.load_loss,
             det_losses=det_losses,
         )
+
+    def gate_statistics(
+        self,
+        ir: Tensor,
+        vi: Tensor,
+        pool: Callable[[Tensor], Tensor],
+        known: Mapping[str, Tensor] | None = None,
+    ) -> dict[str, list[Tensor]]:
+        """:meth:`FusionNetwork.gate_statistics` of a pair (``[B, 1, h, w]`` each), with
+        the attention map computed here (eval mode, no targets)."""
+        attention = self.attention(ir, vi)[0] if self.fusion.requires_attention else None
+        return self.fusion.gate_statistics(ir, vi, attention, pool, known)
 
     def inference_state_dict(self) -> dict[str, Tensor]:
         """State without the detectors' RPN/RoI heads (what a fusion release needs)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -42,6 +42,8 @@ class MixtureOfGlobalExperts(nn.Module):
         ``forward(x_f [B, C_f, H, W])`` -> :class:`BranchOutput` with the fused image
         ``features [B, 1, H, W]`` (no final activation, not clamped), gate ``"moge"``
         ``[B, N]`` and ``load_loss = load_weight * (cv^2(importance) + cv^2(load))``.
+        ``gates`` (optional, ``{"moge": [B, N]}``): decisions to use instead of running
+        the gate (the load loss is then 0).
     """
 
     def __init__(self, mixture: ExpertMixture, load_weight: float = 0.02) -> None:
@@ -49,8 +51,9 @@ class MixtureOfGlobalExperts(nn.Module):
         self.mixture = mixture
         self.load_weight = load_weight
 
-    def forward(self, x_f: Tensor) -> BranchOutput:
-        fused, gate_out = self.mixture(x_f, [x_f] * self.mixture.num_experts)
+    def forward(self, x_f: Tensor, gates: Mapping[str, Tensor] | None = None) -> BranchOutput:
+        fixed = (gates or {}).get("moge")
+        fused, gate_out = self.mixture(x_f, [x_f] * self.mixture.num_experts, fixed)
         return BranchOutput(
             features=fused,
             gates={"moge": gate_out.gates},

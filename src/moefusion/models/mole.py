@@ -14,6 +14,8 @@ MoLE turns the two encoders' last-layer features into 32 channels of local featu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
@@ -65,7 +67,9 @@ class MixtureOfLocalExperts(nn.Module):
         ``forward(x_vis [B, C, H, W], x_ir [B, C, H, W], attention [B, 1, H, W])`` ->
         :class:`BranchOutput` with ``features [B, 2C, H, W]`` = concat(fg, bg), gates
         ``"mole_fg"`` and ``"mole_bg"`` ``[B, N]``, and
-        ``load_loss = load_weight * (loss_fg + loss_bg)``.
+        ``load_loss = load_weight * (loss_fg + loss_bg)``. ``gates`` (optional,
+        ``{"mole_fg", "mole_bg"} -> [B, N]``, either or both): decisions to use instead
+        of running that gate (its load loss is then 0).
     """
 
     def __init__(
@@ -80,17 +84,28 @@ class MixtureOfLocalExperts(nn.Module):
     def num_experts(self) -> int:
         return self.foreground.num_experts
 
-    def forward(self, x_vis: Tensor, x_ir: Tensor, attention: Tensor) -> BranchOutput:
+    def forward(
+        self,
+        x_vis: Tensor,
+        x_ir: Tensor,
+        attention: Tensor,
+        gates: Mapping[str, Tensor] | None = None,
+    ) -> BranchOutput:
+        fixed = gates or {}
         fg_vis, fg_ir = x_vis * attention, x_ir * attention
         inverse = 1.0 - attention
         bg_vis, bg_ir = x_vis * inverse, x_ir * inverse
 
         # the gates see concat(vis, ir); passing the parts lets them pool before concatenating
         y_fg, gate_fg = self.foreground(
-            [fg_vis, fg_ir], route_by_modality(fg_vis, fg_ir, self.foreground.num_experts)
+            [fg_vis, fg_ir],
+            route_by_modality(fg_vis, fg_ir, self.foreground.num_experts),
+            fixed.get("mole_fg"),
         )
         y_bg, gate_bg = self.background(
-            [bg_vis, bg_ir], route_by_modality(bg_vis, bg_ir, self.background.num_experts)
+            [bg_vis, bg_ir],
+            route_by_modality(bg_vis, bg_ir, self.background.num_experts),
+            fixed.get("mole_bg"),
         )
         load_loss = gate_fg.auxiliary_loss(self.load_weight) + gate_bg.auxiliary_loss(
             self.load_weight
