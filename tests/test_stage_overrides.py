@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from moefusion.config import load_config_file, load_run_config
+from moefusion.errors import ConfigError
 from moefusion.training.config import RunConfig, stage_config
 
 V4 = "src/moefusion/pretrained/moefusion-cpu-v6.safetensors"  # the bundled weights
@@ -129,3 +130,221 @@ def test_train_command_applies_the_override_to_the_stages(
     assert _stage(seen, "fusion").data.crop == 96
     assert _stage(seen, "fusion").data.datasets[0].root == str(tmp_path / "d")
     assert "joint stays off" in capsys.readouterr().err
+
+
+# ------------------------------------- learning-rate overrides that no stage would read
+
+#: (config, overrides, pieces of the one-line refusal: the key, why, what to set instead)
+REFUSED = [
+    pytest.param(
+        "finetune",
+        ["optim.milestones=[5, 10]"],
+        [
+            "optim.milestones has no effect, as no stage that trains reads it",
+            "stages.fusion follows optim.schedule=cosine (per step), which has no epoch milestones",
+            "set stages.fusion.optim.schedule=step stages.fusion.optim.step_milestones=[...]",
+        ],
+        id="epoch-milestones-cosine-fusion-only",
+    ),
+    pytest.param(
+        "finetune",
+        ["optim.gamma=0.5"],
+        [
+            "optim.gamma has no effect",
+            "optim.schedule=cosine (per step), which never multiplies the rate by gamma",
+            "add stages.fusion.optim.schedule=step stages.fusion.optim.step_milestones=[...]",
+        ],
+        id="gamma-cosine",
+    ),
+    pytest.param(
+        "finetune",
+        ["stages.fusion.optim.step_milestones=[5]"],
+        [
+            "stages.fusion.optim.step_milestones has no effect",
+            "stages.fusion follows optim.schedule=cosine (per step), which has no milestones",
+            "add stages.fusion.optim.schedule=step",
+        ],
+        id="step-milestones-cosine",
+    ),
+    pytest.param(
+        "cpu",
+        ["stages.fusion.optim.schedule=step", "stages.fusion.optim.min_lr_factor=0.1"],
+        [
+            "stages.fusion.optim.min_lr_factor has no effect",
+            "optim.schedule=step (per step), which has no min_lr_factor (only cosine has)",
+            "add stages.fusion.optim.schedule=cosine",
+        ],
+        id="min-lr-factor-step",
+    ),
+    pytest.param(
+        "finetune",
+        ["stages.fusion.optim.schedule=constant", "stages.fusion.optim.min_lr_factor=0.1"],
+        ["optim.schedule=constant (per step), which has no min_lr_factor"],
+        id="min-lr-factor-constant",
+    ),
+    pytest.param(
+        "finetune",
+        ["stages.fusion.optim.schedule=step", "optim.gamma=0.5"],
+        [
+            "stages.fusion follows optim.schedule=step with no step_milestones, so gamma "
+            "never applies",
+            "add stages.fusion.optim.step_milestones=[...]",
+        ],
+        id="gamma-step-without-milestones",
+    ),
+    pytest.param(
+        "cpu",
+        ["stages.detect.trainer.max_epochs=0", "optim.milestones=[5]"],
+        [
+            "each of stages.fusion, stages.refine, stages.sharpen follows "
+            "optim.schedule=cosine (per step)"
+        ],
+        id="epoch-milestones-detect-off",
+    ),
+    pytest.param(
+        "finetune",
+        ["stages.detect.optim.milestones=[3]"],
+        [
+            "stages.detect.optim.milestones has no effect",
+            "stages.detect does not train (its budget is 0)",
+            "add stages.detect.trainer.max_epochs=N to train it",
+        ],
+        id="stage-that-does-not-train",
+    ),
+    pytest.param(
+        "finetune",
+        ["optim={lr: 1.0e-4, milestones: [5], gamma: 0.1}"],
+        ["optim.milestones has no effect"],
+        id="whole-top-level-section",
+    ),
+    pytest.param(
+        "finetune",
+        ["stages.fusion.optim={lr: 2.0e-4, schedule: cosine, step_milestones: [40]}"],
+        ["stages.fusion.optim.step_milestones has no effect"],
+        id="whole-stage-section",
+    ),
+    pytest.param(
+        "cpu",
+        ["schedule=joint", "stages.fusion.optim.warmup_steps=10"],
+        [
+            "stages.fusion.optim.warmup_steps has no effect",
+            "schedule=joint trains end to end from the top-level sections, not stages.*",
+        ],
+        id="stage-key-of-a-joint-run",
+    ),
+    pytest.param(
+        "paper",
+        ["optim.milestones=[]", "optim.gamma=0.5"],
+        ["schedule=joint steps the rate at epochs but has no optim.milestones"],
+        id="joint-gamma-without-milestones",
+    ),
+]
+
+
+@pytest.mark.parametrize(("config", "items", "pieces"), REFUSED)
+def test_an_optim_override_that_no_training_stage_reads_is_refused(
+    config: str, items: list[str], pieces: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_run_config(config, items)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("override '")
+    for piece in pieces:
+        assert piece in message
+
+
+@pytest.mark.parametrize(
+    ("config", "items"),
+    [
+        # read by a stage that trains: cpu's detector stage steps at epoch milestones
+        ("cpu", ["optim.milestones=[5, 10]", "optim.gamma=0.5"]),
+        ("cpu", ["trainer.max_epochs=90", "optim.milestones=[80, 86]"]),  # train's example
+        (
+            "finetune",
+            ["stages.fusion.optim.schedule=step", "stages.fusion.optim.step_milestones=[5]"],
+        ),
+        (
+            "finetune",
+            [
+                "stages.fusion.optim.schedule=step",
+                "stages.fusion.optim.step_milestones=[5]",
+                "optim.gamma=0.5",
+            ],
+        ),
+        (
+            "finetune",
+            ["stages.fusion.optim.min_lr_factor=0.1", "stages.fusion.optim.warmup_steps=5"],
+        ),
+        ("finetune", ["stages.detect.trainer.max_epochs=5", "stages.detect.optim.milestones=[3]"]),
+        ("cpu", ["schedule=joint", "optim.milestones=[1]", "optim.gamma=0.5"]),
+        ("paper", ["optim.gamma=0.5"]),
+        # values that ask for what happens anyway
+        ("finetune", ["optim.milestones=[]"]),
+        ("finetune", ["stages.fusion.optim.step_milestones=[]"]),
+        # a stage section copied from cpu.yaml (its cosine lists step_milestones: [])
+        (
+            "finetune",
+            [
+                "stages.fusion.optim={lr: 1.0e-3, schedule: cosine, warmup_steps: 200, "
+                "min_lr_factor: 0.05, step_milestones: [], pixel_target: max, "
+                "alpha_warmup_steps: 300}"
+            ],
+        ),
+        # a bad value is left to the validation, which names it
+        ("cpu", ["stages.fusion.optim.schedule=linear"]),
+    ],
+)
+def test_an_optim_override_that_a_training_stage_reads_applies(
+    config: str, items: list[str]
+) -> None:
+    load_run_config(config, items)
+
+
+def test_a_milestone_override_applies_to_the_detector_stage() -> None:
+    config = load_run_config("cpu", ["optim.milestones=[5, 10]", "optim.gamma=0.5"])
+    detect = _stage(config, "detect").optim
+    assert detect.milestones == (5, 10) and detect.gamma == 0.5
+    fusion = load_run_config(
+        "finetune",
+        ["stages.fusion.optim.schedule=step", "stages.fusion.optim.step_milestones=[5]"],
+    )
+    assert _stage(fusion, "fusion").optim.step_milestones == (5,)
+
+
+def test_the_train_command_refuses_it_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moefusion.cli import main
+    from moefusion.commands import train as train_command
+
+    monkeypatch.setattr("moefusion.training.run.train", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(train_command, "check_data", lambda config: None)
+    monkeypatch.setattr(train_command, "check_memory", lambda config: None)
+    out = tmp_path / "r"
+    code = main(["train", "--config", "finetune", "--out", str(out), "optim.milestones=[5, 10]"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(
+        "moefusion train: error: override 'optim.milestones=[5, 10]': optim.milestones has no "
+        "effect"
+    )
+    assert "stages.fusion.optim.step_milestones=[...]" in err
+
+
+def test_the_studies_and_the_recipe_script_pass_only_overrides_that_apply(
+    tmp_path: Path, load_script: Any
+) -> None:
+    from moefusion.studies.definitions import STUDIES
+    from moefusion.studies.runner import Budget, StudySettings, resolve_run
+    from moefusion.weights import bundled_weights_path
+
+    for budget in (Budget(steps=50), Budget(minutes=2)):
+        settings = StudySettings(weights=bundled_weights_path(), budget=budget)
+        for study in STUDIES.values():
+            for variant in study.variants:
+                resolve_run(settings, variant, 0, tmp_path)
+    script = load_script("recipe_study")
+    for row in script.ROWS:
+        command = script.row_command(row, tmp_path, 1.0, 100, [])
+        load_run_config("cpu", command[command.index("--out") + 2 :])

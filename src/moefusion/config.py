@@ -190,6 +190,63 @@ def _stage_is_off(config: Mapping[str, Any], stage: Mapping[str, Any]) -> bool:
     return steps == 0 or (steps in (None, -1) and epochs == 0 and not trainer.get("max_time"))
 
 
+def _explicit(explicit: list[list[str]], stage: str, section: str, key: str) -> bool:
+    """Whether the command sets ``stages.<stage>.<section>.<key>`` itself (the key, its
+    section or its whole stage): it then wins over a top-level override of the key."""
+    path = ["stages", stage, section, key]
+    return any(p[: len(path)] == path or path[: len(p)] == p for p in explicit)
+
+
+def _optim_targets(parts: list[str], value: Any) -> list[tuple[str | None, str, Any]]:
+    """(stage or None for the top level, key, value) of each ``optim`` key an override
+    sets: ``optim.K``, ``optim={...}``, ``stages.S.optim.K``, ``stages.S.optim={...}``,
+    ``stages.S={optim: {...}}`` or ``stages={S: {optim: {...}}}``."""
+    if parts[0] == "optim":
+        if len(parts) == 2:
+            return [(None, parts[1], value)]
+        whole = len(parts) == 1 and isinstance(value, dict)
+        return [(None, str(k), v) for k, v in value.items()] if whole else []
+    if parts[0] != "stages" or len(parts) > 4 or (len(parts) > 2 and parts[2] != "optim"):
+        return []
+    stages: Any = {parts[1]: value} if len(parts) == 2 else value
+    if len(parts) > 2:
+        stages = {parts[1]: {"optim": value if len(parts) == 3 else {parts[3]: value}}}
+    out: list[tuple[str | None, str, Any]] = []
+    for name, stage in stages.items() if isinstance(stages, dict) else ():
+        optim = stage.get("optim") if isinstance(stage, dict) else None
+        if isinstance(optim, dict):
+            out += [(str(name), str(k), v) for k, v in optim.items()]
+    return out
+
+
+def _check_optim_effect(
+    result: dict[str, Any], sets: list[tuple[str, list[str], Any]], explicit: list[list[str]]
+) -> None:
+    """Refuse an ``optim`` override that no stage which trains reads
+    (:func:`moefusion.training.optim_keys.check_optim_overrides`)."""
+    found = [
+        (item, stage, key, value)
+        for item, parts, value in sets
+        for stage, key, value in _optim_targets(parts, value)
+    ]
+    if not found:
+        return
+    from moefusion.training.config import STAGES
+    from moefusion.training.optim_keys import OptimTarget, check_optim_overrides
+
+    targets = [
+        OptimTarget(
+            item,
+            key,
+            value,
+            stage,
+            tuple(s for s in STAGES if not _explicit(explicit, s, "optim", key)),
+        )
+        for item, stage, key, value in found
+    ]
+    check_optim_overrides(result, targets)
+
+
 def _propagate(
     result: dict[str, Any],
     parts: list[str],
@@ -211,8 +268,7 @@ def _propagate(
         section = stage.get(parts[0]) if isinstance(stage, dict) else None
         if not isinstance(section, dict) or parts[1] not in section:
             continue  # the stage inherits the top-level value anyway
-        path = ["stages", name, *parts[:2]]
-        if any(p[: len(path)] == path or path[: len(p)] == p for p in explicit):
+        if _explicit(explicit, name, parts[0], parts[1]):
             continue
         if parts[0] == "trainer" and parts[1] in LENGTH_KEYS and name in off:
             left_off.append(name)
@@ -241,6 +297,12 @@ def apply_overrides(
     ``stages.<name>.<section>.<key>=...`` on the same command wins for its stage, and a
     length (``max_epochs``, ``max_steps``, ``max_time``) does not turn on a stage that is
     off (``stages.joint.trainer.max_epochs: 0``): that is said in ``notes`` when given.
+
+    An ``optim`` key set here that no stage which trains reads under its resolved
+    schedule (``optim.milestones`` when only a cosine fusion stage trains,
+    ``stages.fusion.optim.step_milestones`` under ``schedule: cosine``) is refused with a
+    :class:`ConfigError` saying why and what to set instead
+    (:func:`moefusion.training.optim_keys.check_optim_overrides`).
     """
     result = copy.deepcopy(dict(config))
     items = [(item, *_split(item)) for item in overrides]
@@ -248,9 +310,10 @@ def apply_overrides(
     # a top-level section key (or whole section) reaches the stages; the rest goes first,
     # so that which stages are off is known
     reaching = [parts[0] in STAGE_SECTIONS for _, _, parts, _ in items]
+    sets: list[tuple[str, list[str], Any]] = []  # (override, key parts, value) as applied
     for (item, key, parts, raw), late in zip(items, reaching, strict=True):
         if not late:
-            _set(result, item, key, parts, raw)
+            sets.append((item, parts, _set(result, item, key, parts, raw)))
     stages = result.get("stages")
     off = (
         {n for n, s in stages.items() if isinstance(s, dict) and _stage_is_off(result, s)}
@@ -261,6 +324,7 @@ def apply_overrides(
         if not late:
             continue
         value = _set(result, item, key, parts, raw)
+        sets.append((item, parts, value))
         # a whole section (trainer={max_epochs: 1}) counts as one override per key
         each = (
             [([parts[0], k], v) for k, v in value.items()]
@@ -278,6 +342,7 @@ def apply_overrides(
                     f"{', '.join(left_off)} stays off (set stages.{left_off[0]}.{where} "
                     "to train it)"
                 )
+    _check_optim_effect(result, sets, explicit)
     return result
 
 

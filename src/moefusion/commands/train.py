@@ -53,7 +53,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="dotted overrides of config values, e.g. optim.lr=2e-4 data.crop=256; in a "
         "staged config a data/optim/trainer key also replaces the stages' own value "
-        "(stages.NAME.SECTION.KEY=... sets one stage's)",
+        "(stages.NAME.SECTION.KEY=... sets one stage's); an optim key that no stage which "
+        "trains reads (optim.milestones when only a cosine fusion stage trains) is refused",
     )
     p.add_argument(
         "--data",

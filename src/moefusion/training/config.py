@@ -236,7 +236,9 @@ class OptimConfig(Section):
 
     Every module trains with Adam (``lr``, ``weight_decay``) and clips gradients to the
     norm ``grad_clip``. Joint runs and the detector stage step the rate by ``gamma`` at
-    the epochs in ``milestones``; the fusion stage follows ``schedule`` per step.
+    the epochs in ``milestones``; the fusion stage follows ``schedule`` per step. Which
+    stage reads which key: :mod:`moefusion.training.optim_keys` (a command-line override
+    that no stage which trains reads is refused there).
 
     Attributes:
         lr: base learning rate.
