@@ -290,6 +290,40 @@ def test_detector_stage_resumes_with_the_configs_learning_rate_schedule() -> Non
     assert sorted(scheduler.milestones) == [60, 70]
 
 
+def test_fusion_stage_resumes_with_the_configs_learning_rate() -> None:
+    from types import SimpleNamespace
+
+    from moefusion.training.stages import FusionStageModule, lr_factor
+
+    config = stage_config(
+        load_run_config(
+            "cpu", ["model.detector.fpn_channels=16", "model.decoder_channels=[8, 8, 8]"]
+        ),
+        "fusion",
+    )
+    module = FusionStageModule(config)
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    for _ in range(300):  # a checkpoint past the warm-up, on the cosine
+        scheduler.optimizer.step()
+        scheduler.step()
+    optim = config["optim"]
+    factor = lr_factor(
+        "cosine",
+        warmup_steps=optim["warmup_steps"],
+        total_steps=config["trainer"]["max_steps"],
+        min_factor=optim["min_lr_factor"],
+    )(300)
+    assert scheduler.get_last_lr()[0] == pytest.approx(optim["lr"] * factor)
+    # the resumed launch's config halves the rate: the cosine goes on from the new base
+    module.run_config["optim"] = dict(optim, lr=optim["lr"] / 2)
+    module._trainer = SimpleNamespace(lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
+    module.on_train_start()
+    assert scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(optim["lr"] / 2 * factor)
+    scheduler.optimizer.step()
+    scheduler.step()
+    assert scheduler.base_lrs == [pytest.approx(optim["lr"] / 2)]
+
+
 @pytest.mark.slow
 @needs_shared
 def test_a_stage_1_from_weights_gives_a_seeded_fusion_start(tmp_path: Path) -> None:

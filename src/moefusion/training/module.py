@@ -52,6 +52,17 @@ def batch_targets(batch: Mapping[str, Any]) -> list[dict[str, torch.Tensor] | No
     ]
 
 
+def apply_base_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, base_lr: float) -> None:
+    """Give a per-step schedule the base rate ``base_lr`` and set the rate it implies at
+    the scheduler's current step (``base_lr * factor(step)``)."""
+    optimizer = scheduler.optimizer
+    scheduler.base_lrs = [base_lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = base_lr
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 class RunModule(L.LightningModule):
     """What every training module shares: the run config (stored in each checkpoint),
     the model, per-step seeding of the gate noise and the expert-usage log.
@@ -94,14 +105,17 @@ class RunModule(L.LightningModule):
         torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
 
     def on_train_start(self) -> None:
-        # Epoch-step schedules (joint runs, the detector stage): a resumed run follows
-        # the *config's* schedule (the checkpoint stores the old rate and milestones),
-        # so a run can be extended or its rate changed.
+        # A resumed run follows the *config's* schedule, so a run can be extended or its
+        # rate changed: the checkpoint stores the old base rate (both kinds) and the old
+        # milestones (epoch-step schedules: joint runs, the detector stage); a per-step
+        # schedule's shape (fusion-type stages) is rebuilt from the config already.
         optim = self.config.optim
         for scheduler_config in self.trainer.lr_scheduler_configs:
             scheduler = scheduler_config.scheduler
             if isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR):
                 apply_milestones(scheduler, optim.milestones, optim.gamma, optim.lr)
+            elif isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                apply_base_lr(scheduler, optim.lr)
 
     def log_gate_usage(self, gates: Mapping[str, torch.Tensor], batch_size: int) -> None:
         """Fraction of the batch's samples routed to each expert: shows which experts fire."""
