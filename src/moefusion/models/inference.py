@@ -288,7 +288,7 @@ class FastMoEFusion(nn.Module):
         if self._fast_fusion and not self.fusion.training:
             fused, out_gates, load_loss = self._fusion(ir, vi, attention, given)
         else:
-            out = self.fusion(ir, vi, attention, given) if given else self.fusion(ir, vi, attention)
+            out = self.fusion(ir, vi, attention, given)
             fused, out_gates, load_loss = out.fused, out.gates, out.load_loss
         return MoEFusionOutput(
             fused=fused, attention=attention, gates=out_gates, load_loss=load_loss

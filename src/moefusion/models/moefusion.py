@@ -362,6 +362,7 @@ class FusionNetwork(nn.Module):
                 raise ValueError(
                     f"attention must be [B, 1, H, W] = {tuple(ir.shape)}, got {tuple(attention.shape)}"
                 )
+            # only a MoLE mixture takes gates (check_gates refused others' names)
             local_gates = {k: v for k, v in (gates or {}).items() if k.startswith("mole")}
             if local_gates:
                 local_out = self.local(enc_vis, enc_ir, attention, local_gates)
@@ -371,7 +372,7 @@ class FusionNetwork(nn.Module):
             x_f = torch.cat([dense_vis, dense_ir, local_out.features], dim=1)
         else:
             x_f = torch.cat([dense_vis, dense_ir], dim=1)
-        if gates and "moge" in gates:
+        if gates and "moge" in gates:  # only a MoGE mixture takes gates (as above)
             global_out = self.global_stage(x_f, {"moge": gates["moge"]})
         else:
             global_out = self.global_stage(x_f)
@@ -425,11 +426,7 @@ class MoEFusion(nn.Module):
         gates: Mapping[str, Tensor] | None = None,
     ) -> MoEFusionOutput:
         attention, det_losses = self.attention(ir, vi, targets)
-        out = (
-            self.fusion(ir, vi, attention)
-            if gates is None
-            else self.fusion(ir, vi, attention, gates)
-        )
+        out = self.fusion(ir, vi, attention, gates)
         return MoEFusionOutput(
             fused=out.fused,
             attention=attention,
