@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -265,47 +266,49 @@ def test_detect_stage_can_come_from_a_weights_file(tmp_path: Path) -> None:
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("fusion."))
 
 
-def test_detector_stage_resumes_with_the_configs_learning_rate_schedule() -> None:
-    from types import SimpleNamespace
-
-    from moefusion.training.stages import DetectorStageModule
+def _stage_scheduler_after(stage: str, steps: int) -> tuple[dict, Any, Any]:
+    """(stage config, module, its scheduler) of a tiny `cpu` stage, the scheduler
+    stepped ``steps`` times (a checkpoint's state)."""
+    from moefusion.training.stages import DetectorStageModule, FusionStageModule
 
     config = stage_config(
         load_run_config(
             "cpu", ["model.detector.fpn_channels=16", "model.decoder_channels=[8, 8, 8]"]
         ),
-        "detect",
+        stage,
     )
-    module = DetectorStageModule(config)
+    module = (DetectorStageModule if stage == "detect" else FusionStageModule)(config)
     scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
-    for _ in range(55):  # a checkpoint past the old first milestone (50): rate x0.1
+    for _ in range(steps):
         scheduler.optimizer.step()
         scheduler.step()
-    assert scheduler.get_last_lr()[0] == pytest.approx(1e-4)
-    # the resumed launch's config moved the milestones and the rate
-    module.run_config["optim"] = dict(config["optim"], lr=2e-3, milestones=[60, 70])
+    return config, module, scheduler
+
+
+def _resume_with(module: Any, scheduler: Any, optim: dict) -> None:
+    """Start ``module`` as a resumed launch whose config has ``optim``."""
+    from types import SimpleNamespace
+
+    module.run_config["optim"] = optim
     module._trainer = SimpleNamespace(lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
     module.on_train_start()
+
+
+def test_detector_stage_resumes_with_the_configs_learning_rate_schedule() -> None:
+    # a checkpoint past the old first milestone (50): rate x0.1
+    config, module, scheduler = _stage_scheduler_after("detect", 55)
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-4)
+    # the resumed launch's config moved the milestones and the rate
+    _resume_with(module, scheduler, dict(config["optim"], lr=2e-3, milestones=[60, 70]))
     assert scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)
     assert sorted(scheduler.milestones) == [60, 70]
 
 
 def test_fusion_stage_resumes_with_the_configs_learning_rate() -> None:
-    from types import SimpleNamespace
+    from moefusion.training.stages import lr_factor
 
-    from moefusion.training.stages import FusionStageModule, lr_factor
-
-    config = stage_config(
-        load_run_config(
-            "cpu", ["model.detector.fpn_channels=16", "model.decoder_channels=[8, 8, 8]"]
-        ),
-        "fusion",
-    )
-    module = FusionStageModule(config)
-    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
-    for _ in range(300):  # a checkpoint past the warm-up, on the cosine
-        scheduler.optimizer.step()
-        scheduler.step()
+    # a checkpoint past the warm-up, on the cosine
+    config, module, scheduler = _stage_scheduler_after("fusion", 300)
     optim = config["optim"]
     factor = lr_factor(
         "cosine",
@@ -315,9 +318,7 @@ def test_fusion_stage_resumes_with_the_configs_learning_rate() -> None:
     )(300)
     assert scheduler.get_last_lr()[0] == pytest.approx(optim["lr"] * factor)
     # the resumed launch's config halves the rate: the cosine goes on from the new base
-    module.run_config["optim"] = dict(optim, lr=optim["lr"] / 2)
-    module._trainer = SimpleNamespace(lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
-    module.on_train_start()
+    _resume_with(module, scheduler, dict(optim, lr=optim["lr"] / 2))
     assert scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(optim["lr"] / 2 * factor)
     scheduler.optimizer.step()
     scheduler.step()
