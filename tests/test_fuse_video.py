@@ -252,6 +252,7 @@ def test_video_options_checked(
         (("--temporal-smoothing", "1.5"), "--temporal-smoothing must be in [0, 1)"),
         (("--recursive",), "--recursive is for image pairs, not videos"),
         (("--align-every", "3"), "--align-every needs --align"),
+        (("--align-model", "homography"), "--align-model needs --align"),
         (("--save-gates", tmp_path / "g.json"), "--save-gates must end in .csv"),
     ]
     for extra, message in cases:
@@ -263,6 +264,11 @@ def test_video_options_checked(
                "--out", out, "--temporal-smoothing", "0.5")  # fmt: skip
     assert rc == 2
     assert "--temporal-smoothing is for videos" in _error_line(capsys)
+    # --align-model without --align would choose a transform nothing estimates
+    rc = _fuse(tiny_weights, "--ir", img, "--vi", SAMPLES / "vi" / "FLIR_05016.jpg",
+               "--out", out, "--align-model", "affine")  # fmt: skip
+    assert rc == 2
+    assert "--align-model needs --align" in _error_line(capsys)
     assert _all_files(out) == []
 
 

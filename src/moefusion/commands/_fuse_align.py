@@ -48,7 +48,8 @@ class Aligner:
         method = getattr(args, "align", "none")
         if method == "none":
             return None
-        return cls(method, args.align_model, getattr(args, "align_every", None) or 0)
+        model = getattr(args, "align_model", None) or "affine"
+        return cls(method, model, getattr(args, "align_every", None) or 0)
 
     def align_pair(self, lp: LoadedPair, stem: str) -> LoadedPair:
         """One image pair: estimate, report, warp (or the pair as is, with a note)."""

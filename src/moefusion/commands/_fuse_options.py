@@ -79,8 +79,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     a.add_argument(
         "--align-model",
         choices=ALIGN_MODELS,
-        default="affine",
-        help="the transform --align estimates (default affine)",
+        default=None,
+        help="the transform --align estimates (default affine); needs --align",
     )
     a.add_argument(
         "--align-every",
@@ -92,8 +92,15 @@ def add_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_align_options(args: argparse.Namespace) -> None:
+    """``--align-model`` chooses a transform only when ``--align`` estimates one."""
+    if getattr(args, "align_model", None) is not None and getattr(args, "align", "none") == "none":
+        raise MoEFusionError("--align-model needs --align ecc or --align features")
+
+
 def check_image_options(args: argparse.Namespace) -> None:
     """Image pairs: refuse the video-only options."""
+    check_align_options(args)
     for attr, option in VIDEO_ONLY.items():
         if getattr(args, attr, None) not in (None, False):
             raise MoEFusionError(
@@ -103,6 +110,7 @@ def check_image_options(args: argparse.Namespace) -> None:
 
 def check_video_options(args: argparse.Namespace) -> None:
     """Videos: refuse the image-only options and out-of-range values."""
+    check_align_options(args)
     for attr, (option, default) in IMAGES_ONLY.items():
         if getattr(args, attr, default) != default:
             raise MoEFusionError(f"{option} is for image pairs, not videos")
