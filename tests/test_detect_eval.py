@@ -362,6 +362,30 @@ def test_cli_refuses_overlap_and_missing_fused(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "o").exists()  # fails before any training
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--bootstrap-seed", "3"], "--bootstrap-seed seeds the resamples; it needs --bootstrap"),
+        (["--detector", "d.safetensors", "--seed", "3"], "--seed seeds the detector's training"),
+        (["--detector", "d.safetensors", "train.epochs=2"], "'train.epochs=2' sets the detector"),
+        (["--detector", "d.safetensors", "seed=1"], "'seed=1' sets the detector's training"),
+        (["--detector", "d.safetensors", "data.crop=null"], "'data.crop=null' sets the detector"),
+    ],
+)
+def test_cli_refuses_options_the_run_would_ignore(
+    tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
+    """A bootstrap seed without resamples, and the training's seed or overrides with a
+    saved detector (nothing trains), are refused in one line before any work."""
+    _, test, _ = _tiny_setup(tmp_path)
+    out = tmp_path / "o"
+    assert main(["detect-eval", "--test", str(test), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moefusion detect-eval: error: ") and err.count("\n") == 1
+    assert message in err
+    assert not out.exists()
+
+
 def test_training_is_seeded(tmp_path: Path) -> None:
     from moefusion.config import load_run_config
 

@@ -122,9 +122,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--bootstrap-seed",
         type=int,
-        default=0,
+        default=None,
         metavar="S",
-        help="seed of the bootstrap draws (default 0)",
+        help="seed of the bootstrap draws (default 0); needs --bootstrap N",
     )
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
     p.add_argument(
@@ -141,6 +141,36 @@ TABLE_FILES = ("table.md", "table.csv", "table.json")
 DETECTOR_FILES = ("detector.safetensors", "detector.json")
 #: Written with --bootstrap.
 DIFFERENCES_FILE = "differences.csv"
+#: Override keys (and sections) that only the detector's training reads: with --detector
+#: nothing trains, so they would be ignored.
+TRAINING_KEYS = (
+    "seed",
+    "train",
+    "data.scale_jitter",
+    "data.hflip",
+    "data.gamma_jitter",
+    "data.crop",
+)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse options that the run would ignore: a bootstrap seed without resamples, and
+    the training's seed and overrides with a saved detector (nothing trains)."""
+    if args.bootstrap < 0:
+        raise MoEFusionError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.bootstrap_seed is not None and args.bootstrap == 0:
+        raise MoEFusionError("--bootstrap-seed seeds the resamples; it needs --bootstrap N (N > 0)")
+    if args.detector is None:
+        return
+    if args.seed is not None:
+        raise MoEFusionError("--seed seeds the detector's training; it does not go with --detector")
+    for item in args.overrides:
+        key = item.partition("=")[0].strip()
+        if any(key == k or key.startswith(f"{k}.") for k in TRAINING_KEYS):
+            raise MoEFusionError(
+                f"override {item!r} sets the detector's training; it does not go with "
+                "--detector (a saved detector is reused, nothing trains)"
+            )
 
 
 def check_outputs(args: argparse.Namespace, fused: dict[str, Path]) -> None:
@@ -177,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     from moefusion.data import resolve_split
     from moefusion.detection import Bootstrap, DetectConfig, run_detection_eval
 
+    check_options(args)
     raw = load_run_config(args.config, args.overrides)
     if args.classes is not None:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
@@ -185,8 +216,6 @@ def run(args: argparse.Namespace) -> int:
         raw.setdefault("data", {})["classes"] = classes
     if args.seed is not None:
         raw["seed"] = args.seed
-    if args.bootstrap < 0:
-        raise MoEFusionError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     config = DetectConfig.from_dict(raw)
     fused = parse_named_dirs(args.fused, "--fused")
     split = resolve_split(args.split)
@@ -203,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         split_name=args.split,
         detector=args.detector,
         progress=not args.no_progress,
-        bootstrap=Bootstrap(args.bootstrap, args.bootstrap_seed),
+        bootstrap=Bootstrap(args.bootstrap, args.bootstrap_seed or 0),
         resume=args.resume,
     )
     print(table.to_markdown())
