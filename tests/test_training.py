@@ -192,3 +192,20 @@ def test_memory_estimate_scales_with_the_batch_and_refuses_what_cannot_fit(tmp_p
     out = tmp_path / "run"
     code = main(["train", "--config", "cpu", "--out", str(out), "stages.fusion.data.crop=4096"])
     assert code == 2 and not out.exists()
+
+
+def test_overwrite_with_resume_is_refused_before_anything_is_read(tmp_path, capsys) -> None:
+    """--overwrite starts a run over and --resume continues it: together --overwrite did
+    nothing (only a fresh run into an existing folder reads it), so it is refused."""
+    from moefusion.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    missing = tmp_path / "none.ckpt"  # without the check: "checkpoint not found"
+    code = main(["train", "--config", "cpu", "--out", str(run), "--resume", str(missing),
+                 "--overwrite"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("moefusion train: error: --overwrite starts a run over; it does not go")
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]

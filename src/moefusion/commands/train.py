@@ -91,8 +91,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="train into an existing run folder without --resume, replacing its config, "
-        "checkpoints and weights",
+        help="train into an existing run folder, replacing its config, checkpoints and "
+        "weights (not with --resume)",
     )
     p.add_argument(
         "--skip-memory-check",
@@ -179,6 +179,11 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.layout or args.part) and not args.data:
         raise MoEFusionError("--layout and --part apply to --data folders; pass --data DIR")
+    if args.overwrite and args.resume is not None:
+        # --overwrite only lets a fresh run into an existing folder; a resumed run keeps it
+        raise MoEFusionError(
+            "--overwrite starts a run over; it does not go with --resume (which continues it)"
+        )
     notes: list[str] = []
     config = load_run_config(args.config, args.overrides, notes)
     for note in notes:
