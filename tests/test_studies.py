@@ -204,6 +204,28 @@ def test_study_command_errors_are_one_line(tmp_path: Path, capsys: pytest.Captur
     assert "no finished runs of experts" in err or "dataset folder not found" in err
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--groups", "g.csv"], "--groups is for study dynamic, not study alpha"),
+        (["--overwrite"], "--overwrite is for study dynamic, not study alpha"),
+        (["--permutations", "99"], "--permutations is for study dynamic, not study alpha"),
+        (["--report-only", "--threads", "1"], "--threads sets the training runs' threads"),
+    ],
+)
+def test_study_refuses_options_it_would_ignore(
+    tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    """The dynamic study's options in a training study, and --threads when nothing
+    trains, are refused in one line before any run (they did nothing)."""
+    # a missing --data folder: without the check the command stops there, not on the option
+    argv = ["study", "alpha", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moefusion study: error: ") and err.count("\n") == 1
+    assert message in err and not (tmp_path / "o").exists()
+
+
 def test_routing_permutation_test_separates_different_from_equal_routing() -> None:
     from moefusion.studies.routing import permutation_test, selections
 

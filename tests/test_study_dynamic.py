@@ -224,6 +224,13 @@ def test_command_without_model_and_with_a_groups_csv(pairs_dir: Path, tmp_path: 
         (["--fused", "nope"], "not a folder"),
         (["--permutations", "0"], "--permutations must be >= 1"),
         (["--time-limit", "0"], "--time-limit must be > 0"),
+        # options this run would ignore
+        (["--no-model", "--threads", "1"], "--threads is for the studies that train"),
+        (["--no-model", "--steps", "5"], "--steps is for the studies that train"),
+        (["--no-model", "--set", "optim.lr=1e-3"], "--set is for the studies that train"),
+        (["--no-model", "--weights", "w.safetensors"], "--weights has no effect with --no-model"),
+        (["--no-model", "--device", "cuda"], "--device has no effect with --no-model"),
+        (["--report-only"], "--data has no effect with --report-only"),
     ],
 )
 def test_bad_input_is_one_line(

@@ -10,6 +10,17 @@ from typing import Any
 from moefusion.errors import MoEFusionError
 
 NAMES = ("ablation", "experts", "alpha", "dynamic")
+#: Options only the studies that train read (study dynamic refuses them): attribute ->
+#: (option, default).
+TRAINING_ONLY: dict[str, tuple[str, object]] = {
+    "split": ("--split", None),
+    "steps": ("--steps", None),
+    "budget_minutes": ("--budget-minutes", None),
+    "seeds": ("--seeds", 1),
+    "config": ("--config", "cpu"),
+    "overrides": ("--set", []),
+    "threads": ("--threads", None),
+}
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -95,7 +106,12 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="config override for every run (repeat), e.g. --set stages.fusion.data.crop=96",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads per training run")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per training run (not with --report-only)",
+    )
     p.add_argument(
         "--report-only",
         action="store_true",
@@ -108,7 +124,46 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     return p
 
 
+def _refuse_given(
+    args: argparse.Namespace, options: dict[str, tuple[str, object]], why: str
+) -> None:
+    for attr, (option, default) in options.items():
+        if getattr(args, attr) != default:
+            raise MoEFusionError(f"{option} {why}")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse the options the chosen study would not read (never silently ignored): the
+    dynamic study's in a training study and the reverse, what a measurement reads with
+    dynamic --report-only, the network's with --no-model, --threads when nothing trains."""
+    from moefusion.commands.study_dynamic import DYNAMIC_ONLY, MEASURING, MODEL_ONLY
+
+    if args.name != "dynamic":
+        _refuse_given(args, DYNAMIC_ONLY, f"is for study dynamic, not study {args.name}")
+        if args.report_only:
+            threads = {"threads": TRAINING_ONLY["threads"]}
+            _refuse_given(
+                args, threads, "sets the training runs' threads; --report-only trains nothing"
+            )
+        return
+    _refuse_given(
+        args,
+        TRAINING_ONLY,
+        "is for the studies that train (ablation, experts, alpha); study dynamic trains nothing",
+    )
+    if args.report_only:
+        _refuse_given(
+            args,
+            MEASURING,
+            "has no effect with --report-only (study dynamic redoes the report from the "
+            "measurements in --out)",
+        )
+    elif args.no_model:
+        _refuse_given(args, MODEL_ONLY, "has no effect with --no-model (no network is run)")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_options(args)
     if args.name == "dynamic":
         from moefusion.commands.study_dynamic import run as run_dynamic
 

@@ -14,13 +14,42 @@ from moefusion.errors import MoEFusionError
 DEFAULT_OUT = Path("runs/studies/dynamic")
 #: Files the study writes (refused without --overwrite when present).
 OUTPUT_FILES = ("pairs.csv", "gates.csv", "summary.json", "summary.md", "dynamic.png")
+#: Defaults of --baselines (all five) and --permutations.
+DEFAULT_BASELINES = "average,max,laplacian,dwt,gff"
+DEFAULT_PERMUTATIONS = 10000
+
+#: The options of :func:`add_arguments`, which only the dynamic study reads (the training
+#: studies refuse them): attribute -> (option, default).
+DYNAMIC_ONLY: dict[str, tuple[str, object]] = {
+    "groups": ("--groups", None),
+    "fused": ("--fused", []),
+    "baselines": ("--baselines", DEFAULT_BASELINES),
+    "no_model": ("--no-model", False),
+    "permutations": ("--permutations", DEFAULT_PERMUTATIONS),
+    "device": ("--device", "cpu"),
+    "time_limit": ("--time-limit", None),
+    "overwrite": ("--overwrite", False),
+}
+#: What only a measuring run reads: --report-only redoes the report from <out> instead.
+MEASURING: dict[str, tuple[str, object]] = {
+    "data": ("--data", None),
+    "weights": ("--weights", None),
+    **{k: v for k, v in DYNAMIC_ONLY.items() if k != "permutations"},
+}
+#: What only the network reads: --no-model runs none.
+MODEL_ONLY: dict[str, tuple[str, object]] = {
+    "weights": ("--weights", None),
+    "device": ("--device", "cpu"),
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options only the dynamic study uses (the others ignore them)."""
+    """Options only the dynamic study uses (the others refuse them)."""
     g = p.add_argument_group(
         "dynamic study",
-        "source share and gate weights per pair, two groups compared (see docs/studies.md)",
+        "source share and gate weights per pair, two groups compared (see docs/studies.md);\n"
+        "only study dynamic takes these, and it refuses --split, --steps, --budget-minutes,\n"
+        "--seeds, --config, --set and --threads (it trains nothing)",
     )
     g.add_argument(
         "--groups",
@@ -39,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--baselines",
-        default="average,max,laplacian,dwt,gff",
+        default=DEFAULT_BASELINES,
         metavar="LIST",
         help="classical baselines to measure, comma-separated, or 'none' (default: all five)",
     )
@@ -49,7 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="measure only the baselines and --fused images (no network, no gates)",
     )
     g.add_argument(
-        "--permutations", type=int, default=10000, help="label permutations per test (10000)"
+        "--permutations",
+        type=int,
+        default=DEFAULT_PERMUTATIONS,
+        help=f"label permutations per test ({DEFAULT_PERMUTATIONS})",
     )
     g.add_argument("--device", default="cpu", help="device of the network (default cpu)")
     g.add_argument(
