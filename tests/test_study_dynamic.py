@@ -225,7 +225,7 @@ def test_command_without_model_and_with_a_groups_csv(pairs_dir: Path, tmp_path: 
         (["--permutations", "0"], "--permutations must be >= 1"),
         (["--time-limit", "0"], "--time-limit must be > 0"),
         # options this run would ignore
-        (["--no-model", "--threads", "1"], "--threads is for the studies that train"),
+        (["--no-model", "--threads", "1"], "--threads has no effect with --no-model"),
         (["--no-model", "--steps", "5"], "--steps is for the studies that train"),
         (["--no-model", "--set", "optim.lr=1e-3"], "--set is for the studies that train"),
         (["--no-model", "--weights", "w.safetensors"], "--weights has no effect with --no-model"),
@@ -257,3 +257,19 @@ def test_non_msrs_stems_without_groups_and_missing_report_are_refused(
     assert "do not end in D (day) or N (night): a1, b2" in capsys.readouterr().err
     assert main(["study", "dynamic", "--report-only", "--out", str(tmp_path / "o")]) == 2
     assert "pairs.csv: not found" in capsys.readouterr().err
+
+
+def test_threads_sets_the_networks_torch_threads(
+    pairs_dir: Path, tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--threads is read by study dynamic (its network's torch threads), not ignored."""
+    import torch
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    args = ["study", "dynamic", "--data", str(pairs_dir), "--weights", str(tiny_weights),
+            "--out", str(tmp_path / "out"), "--baselines", "none", "--permutations", "99",
+            "--threads", "1"]  # fmt: skip
+    assert main(args) == 0
+    assert calls == [1]
+    assert main([*args[:-1], "0", "--overwrite"]) == 2

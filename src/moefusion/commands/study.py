@@ -110,7 +110,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="torch threads per training run (not with --report-only)",
+        help="torch threads per training run, or of study dynamic's network (not with "
+        "--report-only or --no-model)",
     )
     p.add_argument(
         "--report-only",
@@ -146,9 +147,11 @@ def check_options(args: argparse.Namespace) -> None:
                 args, threads, "sets the training runs' threads; --report-only trains nothing"
             )
         return
+    # --threads sets the torch threads of the dynamic study's network (MODEL_ONLY)
+    trains = {k: v for k, v in TRAINING_ONLY.items() if k != "threads"}
     _refuse_given(
         args,
-        TRAINING_ONLY,
+        trains,
         "is for the studies that train (ablation, experts, alpha); study dynamic trains nothing",
     )
     if args.report_only:

@@ -34,12 +34,14 @@ DYNAMIC_ONLY: dict[str, tuple[str, object]] = {
 MEASURING: dict[str, tuple[str, object]] = {
     "data": ("--data", None),
     "weights": ("--weights", None),
+    "threads": ("--threads", None),
     **{k: v for k, v in DYNAMIC_ONLY.items() if k != "permutations"},
 }
 #: What only the network reads: --no-model runs none.
 MODEL_ONLY: dict[str, tuple[str, object]] = {
     "weights": ("--weights", None),
     "device": ("--device", "cpu"),
+    "threads": ("--threads", None),
 }
 
 
@@ -49,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "dynamic study",
         "source share and gate weights per pair, two groups compared (see docs/studies.md);\n"
         "only study dynamic takes these, and it refuses --split, --steps, --budget-minutes,\n"
-        "--seeds, --config, --set and --threads (it trains nothing)",
+        "--seeds, --config and --set (it trains nothing); --threads sets its network's threads",
     )
     g.add_argument(
         "--groups",
@@ -196,7 +198,14 @@ def run(args: argparse.Namespace) -> int:
         fuser = None
         weights = None
         if not args.no_model:
+            import torch
+
             from moefusion.fuser import Fuser
+
+            if args.threads is not None:
+                if args.threads < 1:
+                    raise MoEFusionError(f"--threads must be >= 1, got {args.threads}")
+                torch.set_num_threads(args.threads)
 
             weights = resolve_weights(args.weights)
             fuser = Fuser.from_file(weights, device=device_arg(args.device))
