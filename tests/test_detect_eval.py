@@ -369,6 +369,10 @@ def test_cli_refuses_overlap_and_missing_fused(tmp_path: Path, capsys) -> None:
         (["--detector", "d.safetensors", "--seed", "3"], "--seed seeds the detector's training"),
         (["--detector", "d.safetensors", "train.epochs=2"], "'train.epochs=2' sets the detector"),
         (["--detector", "d.safetensors", "seed=1"], "'seed=1' sets the detector's training"),
+        (
+            ["--detector", "d.safetensors", "model.box_detections_per_img=5"],
+            "sets the detector's model; it does not go with --detector",
+        ),
         (["--detector", "d.safetensors", "data.crop=null"], "'data.crop=null' sets the detector"),
     ],
 )
@@ -456,6 +460,16 @@ def test_saved_config_without_image_size_uses_the_default(tmp_path: Path) -> Non
         de.DetectConfig.from_dict({"data": {"image_size": 96, "classes": CLASSES}}), det
     )
     assert cfg.data.image_size == 512 and read is not None and read["classes"] == CLASSES
+    # the model settings are the saved detector's (the bootstrap matches with its cap)
+    info["config"]["model"] = {"box_detections_per_img": 7}
+    det.with_suffix(".json").write_text(json.dumps(info))
+    cfg, _ = de.effective_config(
+        de.DetectConfig.from_dict(
+            {"data": {"classes": CLASSES}, "model": {"box_detections_per_img": 50}}
+        ),
+        det,
+    )
+    assert cfg.model.box_detections_per_img == 7
     with pytest.raises(MoEFusionError, match="trained for classes"):
         de.effective_config(de.DetectConfig.from_dict({"data": {"classes": ["car"]}}), det)
 

@@ -171,6 +171,12 @@ def check_options(args: argparse.Namespace) -> None:
                 f"override {item!r} sets the detector's training; it does not go with "
                 "--detector (a saved detector is reused, nothing trains)"
             )
+        if key == "model" or key.startswith("model."):
+            # the saved detector is rebuilt from its own model settings (its sidecar)
+            raise MoEFusionError(
+                f"override {item!r} sets the detector's model; it does not go with "
+                "--detector (a saved detector keeps the model settings it was trained with)"
+            )
 
 
 def check_outputs(args: argparse.Namespace, fused: dict[str, Path]) -> None:

@@ -133,9 +133,9 @@ def effective_config(
     """The run's config and, with a saved ``detector``, its sidecar.
 
     A saved detector fixes the classes (they must equal the config's, case-insensitively;
-    its spelling is kept) and the image size (it is tested at the size it was trained at;
-    a sidecar without ``data.image_size`` means the default). Checked before any model is
-    built, so a wrong file fails fast.
+    its spelling is kept), the image size (it is tested at the size it was trained at;
+    a sidecar without ``data.image_size`` means the default) and the model settings.
+    Checked before any model is built, so a wrong file fails fast.
     """
     if detector is None:
         return config, None
@@ -151,7 +151,9 @@ def effective_config(
     data = dataclasses.replace(
         config.data, classes=tuple(det_classes), image_size=saved.data.image_size
     )
-    return dataclasses.replace(config, data=data), info
+    # the detector is rebuilt from its saved model settings, so the bootstrap's matching
+    # (model.box_detections_per_img) reads the same ones
+    return dataclasses.replace(config, data=data, model=saved.model), info
 
 
 def train_or_load(
