@@ -10,8 +10,8 @@ from typing import Any
 from moefusion.errors import MoEFusionError
 
 NAMES = ("ablation", "experts", "alpha", "dynamic")
-#: Options only the studies that train read (study dynamic refuses them): attribute ->
-#: (option, default).
+#: Options of the studies that train: attribute -> (option, default). Study dynamic
+#: refuses all but --threads, which sets its network's threads.
 TRAINING_ONLY: dict[str, tuple[str, object]] = {
     "split": ("--split", None),
     "steps": ("--steps", None),
