@@ -48,6 +48,16 @@ def listing(items: Iterable[object], limit: int = LISTED) -> str:
 # ------------------------------------------------------------------------------ options
 
 
+def refuse_given(
+    args: argparse.Namespace, options: dict[str, tuple[str, object]], why: str
+) -> None:
+    """Refuse, as ``"<option> <why>"``, the first of ``options`` (attribute -> (option,
+    default)) that the command line set to other than its default."""
+    for attr, (option, default) in options.items():
+        if getattr(args, attr, default) != default:
+            raise MoEFusionError(f"{option} {why}")
+
+
 def parse_named_dirs(specs: Sequence[str], option: str = "--fused") -> dict[str, Path]:
     """``NAME=DIR`` (or just ``DIR``, named after the folder) -> ``{name: folder}``.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from moefusion.commands._common import refuse_given
 from moefusion.errors import MoEFusionError
 
 #: ``--align-model`` values (:data:`moefusion.registration.MODELS`).
@@ -111,9 +112,7 @@ def check_image_options(args: argparse.Namespace) -> None:
 def check_video_options(args: argparse.Namespace) -> None:
     """Videos: refuse the image-only options and out-of-range values."""
     check_align_options(args)
-    for attr, (option, default) in IMAGES_ONLY.items():
-        if getattr(args, attr, default) != default:
-            raise MoEFusionError(f"{option} is for image pairs, not videos")
+    refuse_given(args, IMAGES_ONLY, "is for image pairs, not videos")
     smoothing = args.temporal_smoothing or 0.0
     if not 0.0 <= smoothing < 1.0:
         raise MoEFusionError(f"--temporal-smoothing must be in [0, 1), got {smoothing:g}")

@@ -153,6 +153,11 @@ TRAINING_KEYS = (
 )
 
 
+def _key_under(key: str, prefixes: tuple[str, ...]) -> bool:
+    """``key`` (dotted) is one of ``prefixes`` or lies inside one of them."""
+    return any(key == k or key.startswith(f"{k}.") for k in prefixes)
+
+
 def check_options(args: argparse.Namespace) -> None:
     """Refuse options that the run would ignore: a bootstrap seed without resamples, and
     the training's seed and overrides with a saved detector (nothing trains)."""
@@ -166,12 +171,12 @@ def check_options(args: argparse.Namespace) -> None:
         raise MoEFusionError("--seed seeds the detector's training; it does not go with --detector")
     for item in args.overrides:
         key = item.partition("=")[0].strip()
-        if any(key == k or key.startswith(f"{k}.") for k in TRAINING_KEYS):
+        if _key_under(key, TRAINING_KEYS):
             raise MoEFusionError(
                 f"override {item!r} sets the detector's training; it does not go with "
                 "--detector (a saved detector is reused, nothing trains)"
             )
-        if key == "model" or key.startswith("model."):
+        if _key_under(key, ("model",)):
             # the saved detector is rebuilt from its own model settings (its sidecar)
             raise MoEFusionError(
                 f"override {item!r} sets the detector's model; it does not go with "

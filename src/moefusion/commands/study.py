@@ -10,8 +10,8 @@ from typing import Any
 from moefusion.errors import MoEFusionError
 
 NAMES = ("ablation", "experts", "alpha", "dynamic")
-#: Options of the studies that train: attribute -> (option, default). Study dynamic
-#: refuses all but --threads, which sets its network's threads.
+#: Options only the studies that train read (study dynamic refuses them): attribute ->
+#: (option, default).
 TRAINING_ONLY: dict[str, tuple[str, object]] = {
     "split": ("--split", None),
     "steps": ("--steps", None),
@@ -19,7 +19,6 @@ TRAINING_ONLY: dict[str, tuple[str, object]] = {
     "seeds": ("--seeds", 1),
     "config": ("--config", "cpu"),
     "overrides": ("--set", []),
-    "threads": ("--threads", None),
 }
 
 
@@ -125,44 +124,34 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     return p
 
 
-def _refuse_given(
-    args: argparse.Namespace, options: dict[str, tuple[str, object]], why: str
-) -> None:
-    for attr, (option, default) in options.items():
-        if getattr(args, attr) != default:
-            raise MoEFusionError(f"{option} {why}")
-
-
 def check_options(args: argparse.Namespace) -> None:
     """Refuse the options the chosen study would not read (never silently ignored): the
     dynamic study's in a training study and the reverse, what a measurement reads with
     dynamic --report-only, the network's with --no-model, --threads when nothing trains."""
-    from moefusion.commands.study_dynamic import DYNAMIC_ONLY, MEASURING, MODEL_ONLY
+    from moefusion.commands._common import refuse_given
+    from moefusion.commands.study_dynamic import DYNAMIC_ONLY, MEASURING, MODEL_ONLY, THREADS
 
     if args.name != "dynamic":
-        _refuse_given(args, DYNAMIC_ONLY, f"is for study dynamic, not study {args.name}")
+        refuse_given(args, DYNAMIC_ONLY, f"is for study dynamic, not study {args.name}")
         if args.report_only:
-            threads = {"threads": TRAINING_ONLY["threads"]}
-            _refuse_given(
-                args, threads, "sets the training runs' threads; --report-only trains nothing"
+            refuse_given(
+                args, THREADS, "sets the training runs' threads; --report-only trains nothing"
             )
         return
-    # --threads sets the torch threads of the dynamic study's network (MODEL_ONLY)
-    trains = {k: v for k, v in TRAINING_ONLY.items() if k != "threads"}
-    _refuse_given(
+    refuse_given(
         args,
-        trains,
+        TRAINING_ONLY,
         "is for the studies that train (ablation, experts, alpha); study dynamic trains nothing",
     )
     if args.report_only:
-        _refuse_given(
+        refuse_given(
             args,
             MEASURING,
             "has no effect with --report-only (study dynamic redoes the report from the "
             "measurements in --out)",
         )
     elif args.no_model:
-        _refuse_given(args, MODEL_ONLY, "has no effect with --no-model (no network is run)")
+        refuse_given(args, MODEL_ONLY, "has no effect with --no-model (no network is run)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ from moefusion.errors import MoEFusionError
 DEFAULT_OUT = Path("runs/studies/dynamic")
 #: Files the study writes (refused without --overwrite when present).
 OUTPUT_FILES = ("pairs.csv", "gates.csv", "summary.json", "summary.md", "dynamic.png")
+#: --threads: the training studies' torch threads per run, or those of this study's network.
+THREADS: dict[str, tuple[str, object]] = {"threads": ("--threads", None)}
 #: Defaults of --baselines (all five) and --permutations.
 DEFAULT_BASELINES = "average,max,laplacian,dwt,gff"
 DEFAULT_PERMUTATIONS = 10000
@@ -34,14 +36,14 @@ DYNAMIC_ONLY: dict[str, tuple[str, object]] = {
 MEASURING: dict[str, tuple[str, object]] = {
     "data": ("--data", None),
     "weights": ("--weights", None),
-    "threads": ("--threads", None),
+    **THREADS,
     **{k: v for k, v in DYNAMIC_ONLY.items() if k != "permutations"},
 }
 #: What only the network reads: --no-model runs none.
 MODEL_ONLY: dict[str, tuple[str, object]] = {
     "weights": ("--weights", None),
     "device": ("--device", "cpu"),
-    "threads": ("--threads", None),
+    **THREADS,
 }
 
 
